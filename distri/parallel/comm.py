@@ -1,0 +1,189 @@
+"""Collectives that record themselves in the communication ledger.
+
+All helpers take a ``group`` (a ``torch.distributed`` process group, or ``None`` for a single-rank group) and
+a ledger ``kind`` (see :data:`distri.parallel.ledger.KINDS`). They run on gloo (CPU) and NCCL (CUDA) alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from distri.parallel.ledger import CommLedger
+
+
+def group_size(group) -> int:
+    if group is None or not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size(group)
+
+
+def group_rank(group) -> int:
+    if group is None or not dist.is_available() or not dist.is_initialized():
+        return 0
+    return dist.get_rank(group)
+
+
+def _all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group, async_op: bool):
+    """Gather ``inp`` (flat, contiguous) of every rank into ``out`` (``n * inp.numel()`` elements)."""
+    n = group_size(group)
+    chunks = list(out.view(n, -1).unbind(0))
+    return dist.all_gather(chunks, inp, group=group, async_op=async_op)
+
+
+def all_gather(
+    tensor: torch.Tensor, group, ledger: CommLedger | None, kind: str, dim: int = 0
+) -> torch.Tensor:
+    """Blocking all-gather; returns the rank-ordered concatenation along ``dim``."""
+    n = group_size(group)
+    if n == 1:
+        return tensor
+    t0 = time.perf_counter()
+    inp = tensor.contiguous().reshape(-1)
+    out = torch.empty(n * inp.numel(), dtype=inp.dtype, device=inp.device)
+    _all_gather_flat(out, inp, group, async_op=False)
+    parts = out.view(n, *tensor.shape).unbind(0)
+    res = torch.cat(parts, dim=dim)
+    if ledger is not None:
+        ledger.record(kind, "all_gather", inp.numel(), n, inp.element_size())
+        ledger.add_wait(kind, time.perf_counter() - t0)
+    return res
+
+
+def all_reduce(tensor: torch.Tensor, group, ledger: CommLedger | None, kind: str) -> torch.Tensor:
+    """Blocking in-place sum all-reduce; returns ``tensor``."""
+    n = group_size(group)
+    if n == 1:
+        return tensor
+    t0 = time.perf_counter()
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    if ledger is not None:
+        ledger.record(kind, "all_reduce", tensor.numel(), n, tensor.element_size())
+        ledger.add_wait(kind, time.perf_counter() - t0)
+    return tensor
+
+
+class AsyncBuckets:
+    """Bucketed asynchronous all-gathers into buffers allocated once.
+
+    Used by the stale (displaced) modes. During a step, layers call :meth:`send` with their fresh tensors
+    in a fixed order; tensors are copied into the current bucket's send buffer and, once a bucket holds
+    ``bucket_elems`` elements (or at :meth:`flush`), one ``all_gather`` over the whole bucket is started
+    asynchronously. At the next step :meth:`recv` waits for the bucket holding the slot (usually long done)
+    and returns the gathered ``[n, *shape]`` view.
+
+    The bucket layout is fixed by the first step that sends (the layer order is the same every step);
+    a later step sending a different layout raises.
+    """
+
+    def __init__(self, group, ledger: CommLedger | None, bucket_elems: int) -> None:
+        self.group = group
+        self.ledger = ledger
+        self.n = group_size(group)
+        self.bucket_elems = max(int(bucket_elems), 1)
+        # layout: slot key -> (bucket index, offset, shape, kind)
+        self.layout: dict[str, tuple[int, int, tuple[int, ...], str]] = {}
+        self.bucket_sizes: list[int] = []
+        self.send_bufs: list[torch.Tensor] = []
+        self.recv_bufs: list[torch.Tensor] = []
+        self.handles: list[object | None] = []
+        self.bucket_kinds: list[dict[str, int]] = []
+        self._frozen = False
+        self._cur = 0  # bucket being filled in this step
+        self._fill = 0
+        self._pending: list[tuple[str, torch.Tensor]] = []
+
+    # -- sending -------------------------------------------------------------------------------
+    def send(self, key: str, tensor: torch.Tensor, kind: str) -> None:
+        if self.n == 1:
+            return
+        if not self._frozen:
+            self._pending.append((key, tensor.detach().clone(), kind))
+            return
+        b, off, shape, _ = self.layout[key]
+        if tuple(tensor.shape) != shape:
+            raise RuntimeError(f"async exchange {key}: shape {tuple(tensor.shape)} differs from {shape}")
+        self.send_bufs[b][off : off + tensor.numel()].copy_(tensor.reshape(-1))
+        self._fill += tensor.numel()
+        if off + tensor.numel() == self.bucket_sizes[b]:
+            self._launch(b)
+
+    def flush(self) -> None:
+        """End of a step: build the layout on the first call, make sure every bucket was launched."""
+        if self.n == 1:
+            return
+        if not self._frozen:
+            self._build_layout()
+            for key, t, _ in self._pending:
+                b, off, _, _ = self.layout[key]
+                self.send_bufs[b][off : off + t.numel()].copy_(t.reshape(-1))
+            self._pending.clear()
+            for b in range(len(self.bucket_sizes)):
+                self._launch(b)
+            self._frozen = True
+            return
+        for b in range(len(self.bucket_sizes)):
+            if self.handles[b] is None:
+                raise RuntimeError(f"async bucket {b} was not filled this step: the layer order changed")
+
+    def _build_layout(self) -> None:
+        b, off = 0, 0
+        dtype = device = None
+        for key, t, kind in self._pending:
+            if key in self.layout:
+                raise RuntimeError(f"async slot {key!r} sent twice in one step")
+            if off and off + t.numel() > self.bucket_elems:
+                self.bucket_sizes.append(off)
+                b, off = b + 1, 0
+            self.layout[key] = (b, off, tuple(t.shape), kind)
+            while len(self.bucket_kinds) <= b:
+                self.bucket_kinds.append({})
+            self.bucket_kinds[b][kind] = self.bucket_kinds[b].get(kind, 0) + t.numel()
+            off += t.numel()
+            dtype, device = t.dtype, t.device
+        if off:
+            self.bucket_sizes.append(off)
+        for size in self.bucket_sizes:
+            self.send_bufs.append(torch.empty(size, dtype=dtype, device=device))
+            self.recv_bufs.append(torch.empty(self.n * size, dtype=dtype, device=device))
+            self.handles.append(None)
+
+    def _launch(self, b: int) -> None:
+        if self.handles[b] is not None:
+            raise RuntimeError(f"async bucket {b} launched twice before being consumed")
+        self.handles[b] = _all_gather_flat(self.recv_bufs[b], self.send_bufs[b], self.group, async_op=True)
+        if self.ledger is not None:
+            esize = self.send_bufs[b].element_size()
+            for kind, elems in self.bucket_kinds[b].items():
+                self.ledger.record(kind, "all_gather", elems, self.n, esize)
+
+    # -- receiving ----------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return self._frozen
+
+    def has(self, key: str) -> bool:
+        return key in self.layout
+
+    def recv(self, key: str) -> torch.Tensor:
+        """The ``[n, *shape]`` tensors every rank sent under ``key`` at the last completed step."""
+        b, off, shape, kind = self.layout[key]
+        h = self.handles[b]
+        if h is not None:
+            t0 = time.perf_counter()
+            h.wait()
+            self.handles[b] = None
+            if self.ledger is not None:
+                self.ledger.add_wait(kind, time.perf_counter() - t0)
+        size = self.bucket_sizes[b]
+        numel = 1
+        for s in shape:
+            numel *= s
+        return self.recv_bufs[b].view(self.n, size)[:, off : off + numel].reshape(self.n, *shape)
+
+    def wait_all(self) -> None:
+        for b, h in enumerate(self.handles):
+            if h is not None:
+                h.wait()
+                self.handles[b] = None

@@ -1,0 +1,106 @@
+"""The communication ledger: every collective, counted per denoising step and per kind.
+
+Byte counts follow the DistriFusion paper's convention (Table 2):
+
+* an all-gather in which every one of ``n`` ranks contributes ``s`` elements moves ``s * (n - 1) * esize``
+  bytes (what one rank receives);
+* an all-reduce of a tensor of ``s`` elements over ``n`` ranks moves ``s * (n - 1) / n * 2 * esize`` bytes
+  (a ring all-reduce: reduce-scatter plus all-gather, per rank).
+
+Counts are per rank (this process's view). ``wait_s`` is wall time this rank spent blocked on the collective:
+the whole call for blocking collectives, only the ``wait()`` for asynchronous ones.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+KINDS = ("conv_halo", "attn_kv", "gn_stats", "output_gather", "tp_allreduce", "cfg_gather")
+
+
+def allgather_bytes(elements_per_rank: int, n: int, esize: int) -> float:
+    return float(elements_per_rank * (n - 1) * esize)
+
+
+def allreduce_bytes(elements: int, n: int, esize: int) -> float:
+    return elements * (n - 1) / n * 2 * esize
+
+
+class CommLedger:
+    """Accumulates collectives by ``(step, kind)``. ``step`` is set by the strategy's step counter."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.enabled = True
+        self._rec: dict[tuple[int, str], dict[str, float]] = defaultdict(
+            lambda: {"calls": 0, "elements": 0, "bytes": 0.0, "wait_s": 0.0}
+        )
+
+    def reset(self) -> None:
+        self.step = 0
+        self._rec.clear()
+
+    def record(self, kind: str, op: str, elements: int, n: int, esize: int) -> None:
+        if not self.enabled or n <= 1:
+            return
+        r = self._rec[(self.step, kind)]
+        r["calls"] += 1
+        r["elements"] += elements
+        if op == "all_gather":
+            r["bytes"] += allgather_bytes(elements, n, esize)
+        elif op == "all_reduce":
+            r["bytes"] += allreduce_bytes(elements, n, esize)
+        else:
+            raise ValueError(f"unknown collective {op!r}")
+
+    def add_wait(self, kind: str, seconds: float) -> None:
+        if self.enabled:
+            self._rec[(self.step, kind)]["wait_s"] += seconds
+
+    def steps(self) -> list[int]:
+        return sorted({s for s, _ in self._rec})
+
+    def per_step(self) -> dict[int, dict[str, dict[str, float]]]:
+        out: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
+        for (s, k), v in sorted(self._rec.items()):
+            out[s][k] = dict(v)
+        return dict(out)
+
+    def summary(self, num_steps: int, warmup_steps: int = 0) -> dict:
+        """The ``comm`` record of a job.
+
+        ``bytes_per_step`` averages the paper-convention bytes over the non-warm-up steps
+        (steps ``warmup_steps .. num_steps - 1``); when every step is a warm-up step it averages over all.
+        """
+        steady = [s for s in range(num_steps) if s >= warmup_steps] or list(range(num_steps))
+        n = max(len(steady), 1)
+        by_kind: dict[str, dict[str, float]] = {}
+        for (s, k), v in self._rec.items():
+            if s not in steady:
+                continue
+            d = by_kind.setdefault(k, {"calls": 0, "elements": 0, "bytes": 0.0, "wait_s": 0.0})
+            for f in d:
+                d[f] += v[f]
+        by_kind = {
+            k: {
+                "calls_per_step": v["calls"] / n,
+                "elements_per_step": v["elements"] / n,
+                "bytes_per_step": v["bytes"] / n,
+                "wait_s_per_step": v["wait_s"] / n,
+            }
+            for k, v in sorted(by_kind.items())
+        }
+        total_all = defaultdict(float)
+        for (_, _k), v in self._rec.items():
+            total_all["bytes"] += v["bytes"]
+            total_all["wait_s"] += v["wait_s"]
+        return {
+            "convention": "paper (DistriFusion Table 2): all-gather s*(n-1)*esize, all-reduce s*(n-1)/n*2*esize; per rank",
+            "bytes_per_step": sum(v["bytes_per_step"] for v in by_kind.values()),
+            "wait_s_per_step": sum(v["wait_s_per_step"] for v in by_kind.values()),
+            "steps_averaged": len(steady),
+            "warmup_steps_excluded": num_steps - len(steady),
+            "by_kind": by_kind,
+            "total_bytes": total_all["bytes"],
+            "total_wait_s": total_all["wait_s"],
+        }
