@@ -106,3 +106,90 @@ def strategy_vs_single(
     handle.remove()
     again = sample_loop(unet, inputs, steps)
     return {"ref": ref, "out": out, "ledger": ledger, "restored": torch.equal(again, ref)}
+
+
+def fail_on_rank(env, rank: int = 1, message: str = "planned failure") -> None:
+    """Raise on ``rank`` while the other ranks block in a collective (tests the teardown path)."""
+    import torch.distributed as dist
+
+    if env.rank == rank:
+        raise RuntimeError(message)
+    dist.barrier()
+
+
+def ledger_shapes(kind: str, size: int, batch: int = 2) -> dict[str, Any]:
+    """Activation shapes of the stock small UNet at full resolution, recorded by forward hooks.
+
+    Used for an independent count of what patch parallelism must exchange: input shapes of every 'same'
+    convolution with a kernel above 1, token counts and inner widths of every self-attention, and the group
+    count of every GroupNorm.
+    """
+    from diffusers.models.attention_processor import Attention
+
+    unet = small_unet(kind)
+    convs, attns, gns, hooks = [], [], [], []
+    for name, m in unet.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1 and name != "conv_in":
+            hooks.append(
+                m.register_forward_hook(lambda m, a, o: convs.append((tuple(a[0].shape), m.padding[0])))
+            )
+        elif isinstance(m, torch.nn.GroupNorm):
+            hooks.append(m.register_forward_hook(lambda m, a, o: gns.append((a[0].shape[0], m.num_groups))))
+        elif isinstance(m, Attention) and not m.is_cross_attention:
+            hooks.append(
+                m.register_forward_hook(
+                    lambda m, a, o: attns.append((a[0].shape[0], a[0].shape[1], m.to_k.out_features))
+                )
+            )
+    with torch.no_grad():
+        unet(**unet_inputs(kind, batch, size, torch.float32), timestep=torch.tensor(10))
+    for h in hooks:
+        h.remove()
+    return {"convs": convs, "attns": attns, "gns": gns}
+
+
+def pipeline_vs_single(
+    env,
+    model: str,
+    runs: list[dict[str, Any]],
+    sampler: str = "ddim",
+    steps: int = 4,
+    size: int = 128,
+    guidance_scale: float = 5.0,
+    dtype: str = "float32",
+    prompt: str = "a red bicycle leaning on a brick wall",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The tiny pipeline's image from the stock UNet, then with each strategy of ``runs`` applied in turn.
+
+    ``runs`` items: ``{"target": "module:apply", "params": {...}, "cfg_split": bool}``. Returns the
+    reference image, one image per run, and each run's ledger summary (all steps: ``warmup_steps=0``).
+    """
+    from diffusers.utils import logging as dlog
+
+    from distri.generate import generate
+    from distri.models.loader import load_pipeline
+    from distri.samplers import make_scheduler
+
+    dlog.set_verbosity_error()
+    family = "sdxl" if "sdxl" in model else "sd"
+    pipe = load_pipeline({"name": model, "family": family, "source": "tiny", "id": model}, env.device,
+                         getattr(torch, dtype))  # fmt: skip
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
+
+    def gen():
+        return generate(pipe, prompt, seed, steps, guidance_scale, size, size)
+
+    out: dict[str, Any] = {"ref": gen(), "images": [], "comm": [], "per_step": []}
+    for r in runs:
+        ctx = env.context(2 if r.get("cfg_split") else 1)
+        handle = locate(r["target"])(
+            pipe.unet, ctx, cfg_split=bool(r.get("cfg_split")), **r.get("params", {})
+        )
+        handle.reset()
+        out["images"].append(gen())
+        out["comm"].append(ctx.ledger.summary(steps, 0))
+        out["per_step"].append(ctx.ledger.per_step())
+        handle.remove()
+    out["restored"] = torch.equal(gen(), out["ref"])
+    return out

@@ -22,6 +22,7 @@ from torch import nn
 
 from distri.parallel import comm
 from distri.parallel.context import ParallelContext
+from distri.parallel.geometry import check_patch_split, patch_world_sizes  # noqa: F401 (re-exported)
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -141,26 +142,6 @@ class StrategyHandle:
 def apply_none(unet: nn.Module, ctx: ParallelContext, cfg_split: bool = False) -> StrategyHandle:
     """Strategy ``none``: the stock UNet on every rank; with ``cfg_split`` the two CFG halves run on two ranks."""
     return StrategyHandle(unet, ctx, cfg_split=cfg_split)
-
-
-def patch_world_sizes(latent_size: int, downsamples: int, limit: int = 64) -> list[int]:
-    """Patch degrees ``n <= limit`` that split ``latent_size`` evenly at every UNet resolution level.
-
-    A band must hold a whole number of rows at the deepest level (``latent_size / 2**downsamples``) and an even
-    number of rows above it (for the stride-2 down-sampling convolutions), i.e. ``n * 2**downsamples``
-    divides ``latent_size``.
-    """
-    return [n for n in range(1, limit + 1) if latent_size % (n * 2**downsamples) == 0]
-
-
-def check_patch_split(latent_size: int, n: int, downsamples: int, what: str = "latent height") -> None:
-    if latent_size % (n * 2**downsamples):
-        ok = patch_world_sizes(latent_size, downsamples)
-        raise ValueError(
-            f"{n} patches do not divide the {what} {latent_size} at every UNet level "
-            f"({downsamples} down-samplings need {what} % (n * {2**downsamples}) == 0); "
-            f"patch degrees that work here: {ok}"
-        )
 
 
 def unet_downsamples(unet: nn.Module) -> int:

@@ -1,0 +1,1 @@
+"""Loading and tabulating sweep results (``results.jsonl``) written by :func:`distri.logging.write_result`."""
