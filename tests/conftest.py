@@ -21,3 +21,11 @@ def make_pool(world_size: int):
     from distri.launch import WorkerPool
 
     return WorkerPool(world_size, device="cpu", threads=1, timeout_s=300)
+
+
+@pytest.fixture(scope="session")
+def single_pool():
+    """One worker process for world_size=1 checks, shared by the whole session."""
+    p = make_pool(1)
+    yield p
+    p.close()

@@ -1,0 +1,89 @@
+"""``run.py`` end to end in a temporary folder: result.json, results.jsonl, W&B offline files, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distri.logging import read_offline_run
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = [
+    "sampler.num_inference_steps=3",
+    "height=64",
+    "width=64",
+    "prompts.limit=1",
+    "runner.warmup_runs=0",
+    "runner.timed_runs=2",
+]
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_single_device_run_writes_records_and_wandb(tmp_path):
+    out = tmp_path / "job"
+    p = run(["strategy=none", "world_size=1", f"hydra.run.dir={out}", *FAST], tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rec = json.loads((out / "result.json").read_text())
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0]) == rec
+    assert rec["status"] == "ok"
+    assert rec["config"]["model"]["name"] == "tiny_sdxl" and rec["config"]["height"] == 64
+    for k in ("torch", "diffusers", "device_name", "backend", "git_commit", "hostname"):
+        assert k in rec["env"]
+    lat = rec["latency"]
+    for k in ("mean_s", "std_s", "median_s", "min_s", "max_s", "trimmed_mean_s", "per_step_mean_s", "method"):
+        assert k in lat
+    assert len(lat["per_step_s"]) == 3 and lat["timed_runs"] == 2
+    assert isinstance(rec["metrics"], dict) and isinstance(rec["comm"], dict)
+    assert rec["images"] and Path(rec["images"][0]).is_file()
+    run_dir = Path(rec["wandb_dir"])
+    assert run_dir.is_dir() and list(run_dir.glob("*.wandb"))
+    logged = read_offline_run(run_dir)
+    assert logged["summary"]["latency/mean_s"] == pytest.approx(lat["mean_s"])
+    assert logged["summary"]["status"] == "ok"
+    assert "distri:" in p.stdout and "result.json" in p.stdout
+
+
+def test_sweep_of_patch_strategies_with_failures_kept(tmp_path):
+    """A 2-rank multirun: displaced patch compared with the single device, plus a job that fails (missing
+    weights of the real SDXL) whose failure is recorded without losing the finished job's row."""
+    sweep = tmp_path / "sweep"
+    p = run(
+        ["-m", "model=tiny_sdxl,sdxl", "strategy=displaced_patch", "world_size=2", "logger=none",
+         f"hydra.sweep.dir={sweep}", *FAST],
+        tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 1, p.stdout + p.stderr
+    rows = [json.loads(x) for x in (sweep / "results.jsonl").read_text().splitlines()]
+    assert [r["config"]["model"]["name"] for r in rows] == ["tiny_sdxl", "sdxl"]
+    ok, bad = rows
+    assert ok["status"] == "ok" and ok["speedup"] > 0
+    assert ok["metrics"]["max_abs_err_vs_orig"] >= 0 and "psnr_vs_orig" in ok["metrics"]
+    assert ok["comm"]["bytes_per_step"] > 0 and "conv_halo" in ok["comm"]["by_kind"]
+    assert bad["status"] == "failed" and "stabilityai/stable-diffusion-xl-base-1.0" in bad["error"]
+    assert not list(sweep.rglob("wandb"))
+
+
+def test_bad_config_fails_before_any_worker(tmp_path):
+    p = run(["world_size=3", f"hydra.run.dir={tmp_path / 'bad'}", *FAST], tmp_path)
+    assert p.returncode == 1
+    assert "world sizes that work at 64 px: [1, 2]" in p.stderr
+    rec = json.loads((tmp_path / "bad" / "result.json").read_text())
+    assert rec["status"] == "failed" and "env" in rec

@@ -1,0 +1,17 @@
+"""At world size 1 every patch strategy is the stock UNet: bit-for-bit equal images."""
+
+from __future__ import annotations
+
+import torch
+
+
+def test_naive_and_displaced_at_world_size_1_equal_single_device_bit_for_bit(single_pool):
+    runs = [
+        {"target": "distri.parallel.naive_patch:apply", "params": {"split_scheme": "alternate"}},
+        {"target": "distri.parallel.displaced_patch:apply", "params": {}},
+    ]
+    r = single_pool.run("distri.testing:pipeline_vs_single", model="tiny_sdxl", runs=runs, steps=3, size=64)[
+        0
+    ]
+    for img in r["images"]:
+        assert torch.equal(img, r["ref"])

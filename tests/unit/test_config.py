@@ -1,0 +1,110 @@
+"""Every config group composes and validates; every bad input gets its message before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from distri.config import ConfigError, register_configs, validate
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+GROUPS = {
+    "model": ["tiny_sdxl", "tiny_sd15", "sdxl", "sd15", "sd21"],
+    "strategy": ["none", "naive_patch", "displaced_patch", "tensor"],
+    "sampler": ["ddim", "euler", "dpmpp"],
+    "prompts": ["builtin"],
+    "metrics": ["default"],
+    "logger": ["wandb", "none"],
+}
+
+
+@pytest.fixture(scope="module")
+def cfg_of():
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+
+        def f(*overrides: str) -> dict:
+            return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+        yield f
+
+
+def test_default_is_the_main_job(cfg_of):
+    d = cfg_of()
+    validate(d)
+    assert (d["model"]["name"], d["strategy"]["name"], d["world_size"]) == ("tiny_sdxl", "displaced_patch", 2)
+    assert d["strategy"]["mode"] == "corrected_async_gn" and d["strategy"]["warmup_steps"] == 4
+    assert d["device"] == "auto" and d["logger"]["mode"] == "offline"
+    assert d["height"] == d["width"] == 256
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes_and_validates(cfg_of, group, option):
+    extra = ["world_size=1"] if (group, option) == ("strategy", "none") else []
+    d = cfg_of(f"{group}={option}", *extra)
+    validate(d)
+    if group == "strategy":
+        from distri.launch import locate
+
+        assert callable(locate(d["strategy"]["_target_"]))
+
+
+def test_coco_prompts_compose_with_a_file(cfg_of, tmp_path):
+    f = tmp_path / "captions.txt"
+    f.write_text("a dog\na cat\n")
+    validate(cfg_of("prompts=coco", f"prompts.path={f}"))
+
+
+def test_wrong_key_or_type_fails_at_composition(cfg_of):
+    with pytest.raises(ConfigCompositionException):
+        cfg_of("strategy.no_such_key=1")
+    with pytest.raises(ConfigCompositionException):
+        cfg_of("world_size=two")
+    with pytest.raises(ConfigCompositionException):
+        cfg_of("strategy=displaced_patch", "strategy.warmup_steps=many")
+
+
+def test_unknown_group_option_lists_valid_ones(cfg_of):
+    with pytest.raises(MissingConfigException, match="displaced_patch"):
+        cfg_of("strategy=pipefusion")
+
+
+BAD = [
+    (["world_size=3"], "world sizes that work at 256 px: [1, 2, 4, 8]"),
+    (["height=100"], "multiple of the VAE factor 8"),
+    (["height=264"], "use a multiple of 32"),
+    (["sampler.num_inference_steps=0"], "num_inference_steps must be >= 1"),
+    (["sampler.num_inference_steps=3"], "warmup_steps=4 is longer than the sampling (3 steps)"),
+    (["sampler.name=heun"], "unknown sampler 'heun'; valid: ddim, euler, dpmpp"),
+    (["strategy.mode=fast"], "unknown strategy.mode 'fast'"),
+    (["strategy=none"], "strategy=none runs the whole UNet on one rank"),
+    (["strategy=naive_patch", "strategy.split_scheme=diag"], "unknown strategy.split_scheme 'diag'"),
+    (["strategy.cfg_split=true", "world_size=3"], "cfg_split needs an even world_size"),
+    (["strategy.cfg_split=true", "sampler.guidance_scale=1.0"], "cfg_split needs classifier-free guidance"),
+    (["device=tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
+    (["dtype=int8"], "unknown dtype 'int8'"),
+    (["runner.timed_runs=0"], "runner.timed_runs must be >= 1"),
+    (["prompts=coco", "prompts.path=/nonexistent/captions.json"], "COCO captions file"),
+    (["logger.mode=cloud"], "unknown logger.mode 'cloud'"),
+    (
+        ["model=tiny_sd15", "world_size=4", "height=128", "width=128"],
+        "world sizes that work at 128 px: [1, 2]",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_message(cfg_of, overrides, message):
+    with pytest.raises(ConfigError) as ei:
+        validate(cfg_of(*overrides))
+    assert message in str(ei.value)
+
+
+def test_all_problems_reported_together(cfg_of):
+    with pytest.raises(ConfigError) as ei:
+        validate(cfg_of("device=tpu", "sampler.name=heun"))
+    assert len(ei.value.problems) == 2
