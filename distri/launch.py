@@ -141,8 +141,10 @@ def _worker_main(rank, world_size, device, port, timeout_s, threads, task_q, res
             result_q.put((rank, "error", traceback.format_exc()))
             # The other ranks may be blocked in a collective with us: the pool kills everyone.
             return
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    # Leave at once: a process-group teardown (or its destructor at exit) can wait on peers that are leaving.
+    result_q.close()
+    result_q.join_thread()
+    os._exit(0)
 
 
 class WorkerPool:
@@ -209,7 +211,7 @@ class WorkerPool:
                     q.put(None)
                 except (ValueError, OSError):
                     pass
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 3
         for p in self._procs:
             p.join(max(0.0, deadline - time.monotonic()))
         self._kill()

@@ -76,6 +76,24 @@ def _timed_runs(env, cfg, pipe, call, barrier) -> dict[str, Any]:
     return stats
 
 
+def ensure_model(env, model_cfg: dict[str, Any]) -> None:
+    """Build a tiny model once before any rank loads it.
+
+    transformers writes weights only on global rank 0 once ``torch.distributed`` is initialised, so rank 0
+    builds while the others wait at a barrier (the launcher also builds in the parent process beforehand).
+    """
+    if model_cfg.get("source") != "tiny":
+        return
+    from distri.models.tiny import build_tiny
+
+    if env.rank == 0:
+        build_tiny(model_cfg["name"], model_cfg.get("cache_dir"))
+    if env.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def run_job(env, cfg: dict[str, Any], job_dir: str) -> dict[str, Any] | None:
     """Run one job on this rank; rank 0 returns the result record (without ``status``/``env``)."""
     from diffusers.utils import logging as dlog
@@ -91,6 +109,7 @@ def run_job(env, cfg: dict[str, Any], job_dir: str) -> dict[str, Any] | None:
     torch.manual_seed(cfg["seed"])
     ctx = env.context(cfg_size(cfg))
     dtype = DTYPES[cfg["dtype"]]
+    ensure_model(env, cfg["model"])
     pipe = load_pipeline(cfg["model"], env.device, dtype)
     pipe.scheduler = make_scheduler(cfg["sampler"]["name"], pipe.scheduler.config)
     s = cfg["strategy"]
@@ -198,6 +217,10 @@ def execute(cfg: dict[str, Any], job_dir: str) -> dict[str, Any]:
                 return {"status": "ok", "rank": tr.rank}
         else:
             env_info["launcher"] = "distri.launch.WorkerPool (spawn)"
+            if cfg["model"]["source"] == "tiny":  # built here, outside torch.distributed (see ensure_model)
+                from distri.models.tiny import build_tiny
+
+                build_tiny(cfg["model"]["name"], cfg["model"].get("cache_dir"))
             with WorkerPool(cfg["world_size"], device, cfg["runner"]["timeout_s"], threads) as pool:
                 rec = pool.run("distri.runner:run_job", cfg=cfg, job_dir=job_dir)[0]
     except (WorkerError, Exception) as e:  # noqa: BLE001 - the record carries the failure

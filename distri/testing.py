@@ -103,9 +103,16 @@ def strategy_vs_single(
     handle = locate(strategy)(unet, ctx, cfg_split=cfg_split, **(params or {}))
     out = sample_loop(unet, inputs, steps, handle)
     ledger = ctx.ledger.per_step()
+    repeat = sample_loop(unet, inputs, steps, handle)  # a second call reuses the strategy's buffers
     handle.remove()
     again = sample_loop(unet, inputs, steps)
-    return {"ref": ref, "out": out, "ledger": ledger, "restored": torch.equal(again, ref)}
+    return {
+        "ref": ref,
+        "out": out,
+        "ledger": ledger,
+        "repeat_equal": torch.equal(repeat, out),
+        "restored": torch.equal(again, ref),
+    }
 
 
 def fail_on_rank(env, rank: int = 1, message: str = "planned failure") -> None:
@@ -172,9 +179,12 @@ def pipeline_vs_single(
     from distri.samplers import make_scheduler
 
     dlog.set_verbosity_error()
+    from distri.runner import ensure_model
+
     family = "sdxl" if "sdxl" in model else "sd"
-    pipe = load_pipeline({"name": model, "family": family, "source": "tiny", "id": model}, env.device,
-                         getattr(torch, dtype))  # fmt: skip
+    model_cfg = {"name": model, "family": family, "source": "tiny", "id": model}
+    ensure_model(env, model_cfg)
+    pipe = load_pipeline(model_cfg, env.device, getattr(torch, dtype))
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
 
     def gen():

@@ -74,8 +74,10 @@ class AsyncBuckets:
     asynchronously. At the next step :meth:`recv` waits for the bucket holding the slot (usually long done)
     and returns the gathered ``[n, *shape]`` view.
 
-    The bucket layout is fixed by the first step that sends (the layer order is the same every step);
-    a later step sending a different layout raises.
+    The bucket layout and buffers are fixed by the first step that sends (the layer order is the same every
+    step) and reused by every later step and pipeline call; a step sending a different layout raises.
+    :meth:`restart` (a new pipeline call) keeps them but forgets the received data, so :meth:`ready` is false
+    until the next :meth:`flush`.
     """
 
     def __init__(self, group, ledger: CommLedger | None, bucket_elems: int) -> None:
@@ -91,8 +93,7 @@ class AsyncBuckets:
         self.handles: list[object | None] = []
         self.bucket_kinds: list[dict[str, int]] = []
         self._frozen = False
-        self._cur = 0  # bucket being filled in this step
-        self._fill = 0
+        self._has_data = False
         self._pending: list[tuple[str, torch.Tensor]] = []
 
     # -- sending -------------------------------------------------------------------------------
@@ -106,7 +107,6 @@ class AsyncBuckets:
         if tuple(tensor.shape) != shape:
             raise RuntimeError(f"async exchange {key}: shape {tuple(tensor.shape)} differs from {shape}")
         self.send_bufs[b][off : off + tensor.numel()].copy_(tensor.reshape(-1))
-        self._fill += tensor.numel()
         if off + tensor.numel() == self.bucket_sizes[b]:
             self._launch(b)
 
@@ -122,11 +122,12 @@ class AsyncBuckets:
             self._pending.clear()
             for b in range(len(self.bucket_sizes)):
                 self._launch(b)
-            self._frozen = True
+            self._frozen = self._has_data = True
             return
         for b in range(len(self.bucket_sizes)):
             if self.handles[b] is None:
                 raise RuntimeError(f"async bucket {b} was not filled this step: the layer order changed")
+        self._has_data = True
 
     def _build_layout(self) -> None:
         b, off = 0, 0
@@ -161,7 +162,14 @@ class AsyncBuckets:
 
     # -- receiving ----------------------------------------------------------------------------
     def ready(self) -> bool:
-        return self._frozen
+        """True when the buffers hold what every rank sent at the previous step of this pipeline call."""
+        return self._has_data
+
+    def restart(self) -> None:
+        """A new pipeline call: finish outstanding exchanges, keep layout and buffers, forget the data."""
+        self.wait_all()
+        self._pending.clear()
+        self._has_data = False
 
     def has(self, key: str) -> bool:
         return key in self.layout

@@ -96,7 +96,7 @@ class DisplacedPatchHandle(StrategyHandle):
 
     def reset(self) -> None:
         super().reset()
-        self.state.drop_buffers()
+        self.state.restart()
 
     def phase(self, step: int) -> str:
         if self.mode == "full_sync" or step <= self.warmup_steps:
@@ -117,7 +117,7 @@ class DisplacedPatchHandle(StrategyHandle):
             self.state.flush()
 
     def remove(self) -> None:
-        self.state.drop_buffers()
+        self.state.restart()
         super().remove()
 
 

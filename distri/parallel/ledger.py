@@ -66,13 +66,14 @@ class CommLedger:
             out[s][k] = dict(v)
         return dict(out)
 
-    def summary(self, num_steps: int, warmup_steps: int = 0) -> dict:
+    def summary(self, num_steps: int, skip_steps: int = 0) -> dict:
         """The ``comm`` record of a job.
 
-        ``bytes_per_step`` averages the paper-convention bytes over the non-warm-up steps
-        (steps ``warmup_steps .. num_steps - 1``); when every step is a warm-up step it averages over all.
+        ``bytes_per_step`` averages the paper-convention bytes over the steady steps ``skip_steps ..
+        num_steps - 1`` (the runner skips displaced patch's synchronous warm-up steps, ``warmup_steps + 1`` of
+        them); when every step is skipped it averages over all.
         """
-        steady = [s for s in range(num_steps) if s >= warmup_steps] or list(range(num_steps))
+        steady = [s for s in range(num_steps) if s >= skip_steps] or list(range(num_steps))
         n = max(len(steady), 1)
         by_kind: dict[str, dict[str, float]] = {}
         for (s, k), v in self._rec.items():

@@ -49,11 +49,10 @@ class PatchState:
         for b in self._buckets.values():
             b.flush()
 
-    def drop_buffers(self) -> None:
-        """Forget stale activations (a new pipeline call starts from synchronous steps again)."""
+    def restart(self) -> None:
+        """A new pipeline call: forget stale activations, keep the buffers (it starts with synchronous steps)."""
         for b in self._buckets.values():
-            b.wait_all()
-        self._buckets.clear()
+            b.restart()
         self.cache.clear()
 
     def exchange(self, key: str, fresh: torch.Tensor, kind: str) -> torch.Tensor:

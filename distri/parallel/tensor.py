@@ -3,19 +3,21 @@
 The ``par_size`` ranks of ``ctx.par_group`` each hold a shard of the big layers' weights and compute on the
 full (replicated) activations; every sharded block ends in one all-reduce (ledger kind ``tp_allreduce``):
 
-* attention (self and cross): the heads are split; ``to_q``/``to_k``/``to_v`` keep this rank's heads (output
-  features), ``to_out[0]`` keeps the matching input features, then all-reduce, bias added once after it;
-* feed-forward: ``net[0].proj`` keeps this rank's slice of the hidden dimension (for the gated activations
-  GEGLU/SwiGLU the matching slices of both the value and the gate halves), ``net[2]`` the matching input
-  features, then all-reduce;
-* ResNet blocks: ``conv1`` and ``time_emb_proj`` by output channels (for ``scale_shift`` both halves), ``norm2``
-  becomes a GroupNorm over the rank's channel shard (exact: groups are contiguous channel blocks), ``conv2`` by
-  input channels, then all-reduce; ``norm1`` and ``conv_shortcut`` stay replicated;
-* ``Downsample2D``/``Upsample2D`` convolutions and the UNet's ``conv_out``: by input channels (each rank slices
-  its channel shard of the replicated input), then all-reduce.
+* attention (self and cross): heads are split; ``to_q``/``to_k``/``to_v`` keep this rank's heads (output
+  features), ``to_out[0]`` the matching input features, then all-reduce, bias added once after it;
+* feed-forward: ``net[0].proj`` keeps this rank's slice of the hidden dimension (for the gated GEGLU/SwiGLU
+  the matching slices of both the value and the gate halves), ``net[2]`` the matching input features, then
+  all-reduce;
+* ResNet blocks: ``conv1`` and ``time_emb_proj`` by output channels (``scale_shift``: both halves), ``norm2``
+  becomes a GroupNorm over the rank's channel shard (exact: groups are contiguous channel blocks), ``conv2``
+  by input channels, then all-reduce; ``norm1`` and ``conv_shortcut`` stay replicated;
+* ``Downsample2D``/``Upsample2D`` convolutions and the UNet's ``conv_out``: by input channels (each rank
+  slices its channel shard of the replicated input), then all-reduce.
 
-Everything else (``conv_in``, embeddings, ``proj_in``/``proj_out``, norms) stays replicated. The result equals
+Everything else (``conv_in``, embeddings, ``proj_in``/``proj_out``, norms) stays replicated. The output equals
 the single-device UNet up to floating-point summation order. With ``par_size == 1`` nothing is changed.
+Attention modules with a non-stock processor, and other unsupported variants, stay replicated (still exact);
+``handle.skipped`` lists them.
 
 Memory: every rank holds new, smaller parameters for the sharded layers. The handle keeps the original full
 modules so that :meth:`TensorParallelHandle.remove` can restore the stock UNet; while applied they therefore
@@ -49,45 +51,43 @@ _PLAIN = (GELU, ApproximateGELU, LinearActivation)
 
 
 # -- the sharded layers ----------------------------------------------------------------------------
-class RowParallelLinear(nn.Module):
-    """``y = all_reduce(x_shard @ W_shard^T) + b``: a Linear split by input features, bias added once."""
+class _RowParallel(nn.Module):
+    """A layer split by input features: partial result from this rank's shard, all-reduce, bias once."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, ctx: ParallelContext) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.ctx = ctx
+
+    def _reduce(self, y: torch.Tensor, bias_shape: tuple[int, ...]) -> torch.Tensor:
+        y = comm.all_reduce(y.contiguous(), self.ctx.par_group, self.ctx.ledger, KIND)
+        return y if self.bias is None else y.add_(self.bias.view(bias_shape))
+
+
+class RowParallelLinear(_RowParallel):
+    """``all_reduce(x_shard @ W_shard^T) + b``: a Linear split by input features (``x`` is a shard)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = comm.all_reduce(F.linear(x, self.weight).contiguous(), self.ctx.par_group, self.ctx.ledger, KIND)
-        return y if self.bias is None else y.add_(self.bias)
+        return self._reduce(F.linear(x, self.weight), (-1,))
 
 
-class RowParallelConv2d(nn.Module):
-    """A Conv2d split by input channels: optional slice of the input's channels, convolve, all-reduce, bias."""
+class RowParallelConv2d(_RowParallel):
+    """A Conv2d split by input channels; ``in_slice`` cuts this rank's channels out of a replicated input."""
 
     def __init__(
-        self,
-        conv: nn.Conv2d,
-        weight: torch.Tensor,
-        in_slice: tuple[int, int] | None,
-        ctx: ParallelContext,
+        self, conv: nn.Conv2d, weight: torch.Tensor, in_slice: tuple[int, int] | None, ctx: ParallelContext
     ) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = (
-            None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        )
+        super().__init__(weight, conv.bias, ctx)
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
         self.in_slice = in_slice
-        self.ctx = ctx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_slice is not None:
             x = x[:, self.in_slice[0] : self.in_slice[1]]
-        y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation).contiguous()
-        y = comm.all_reduce(y, self.ctx.par_group, self.ctx.ledger, KIND)
-        return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))
+        return self._reduce(
+            F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation), (1, -1, 1, 1)
+        )
 
 
 class TensorParallelAttnProcessor:
@@ -160,7 +160,7 @@ class _Layer:
     kind: str  # "attn", "ff", "resnet", "conv"
     module: nn.Module
     sizes: list[tuple[str, int]] = field(default_factory=list)  # (what, size) that par_size must divide
-    attr: str = ""  # for "conv": the attribute of ``module`` holding the convolution ("" = module itself)
+    attr: str = ""  # for "conv": the attribute of ``module`` holding the convolution
 
 
 def _plain_conv(m: object) -> bool:
@@ -240,7 +240,8 @@ def _check(layers: list[_Layer], n: int, cfg_size: int) -> None:
     raise ValueError(
         f"tensor parallelism cannot split this UNet over par_size={n} ranks; not divisible by {n}:\n"
         + "\n".join(lines)
-        + f"\ntensor degrees (par_size) that work: {ok}; with cfg_size={cfg_size} that is world_size in [{worlds}]"
+        + f"\ntensor degrees (par_size) that work: {ok}; "
+        + f"with cfg_size={cfg_size} that is world_size in [{worlds}]"
     )
 
 
@@ -274,23 +275,28 @@ def _cols(t: torch.Tensor, n: int, r: int) -> torch.Tensor:
     return t.detach().chunk(n, dim=1)[r].clone(memory_format=torch.contiguous_format)
 
 
-def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    m = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+def _with_params(m: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``m`` (built on the meta device) with the given parameters."""
     m.weight = nn.Parameter(weight, requires_grad=False)
     if bias is not None:
         m.bias = nn.Parameter(bias, requires_grad=False)
     return m
 
 
+def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    m = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    return _with_params(m, weight, bias)
+
+
 class TensorParallelHandle(StrategyHandle):
-    """Handle of the ``tensor`` strategy; see the module docstring. ``skipped`` lists layers left replicated."""
+    """Handle of strategy ``tensor`` (see the module docstring); ``skipped`` lists layers left replicated."""
 
     name = "tensor"
     exact = True
 
     def __init__(
         self, unet: nn.Module, ctx: ParallelContext, cfg_split: bool = False, free_full: bool = False
-    ):
+    ) -> None:
         layers, self.skipped = _find_layers(unet)
         _check(layers, ctx.par_size, ctx.cfg_size)  # before touching the UNet
         super().__init__(unet, ctx, cfg_split=cfg_split)
@@ -310,7 +316,10 @@ class TensorParallelHandle(StrategyHandle):
     def remove(self) -> None:
         """Restore the stock UNet (the original full modules and attention processors)."""
         if self._freed and not self._removed:
-            raise RuntimeError("tensor parallelism was applied with free_full=True: the full layers are gone")
+            raise RuntimeError(
+                "tensor parallelism was applied with free_full=True: the full layers are gone, so the stock UNet "
+                "cannot be restored (reload the pipeline; compare_to_original needs free_full=False)"
+            )
         super().remove()
 
     def param_report(self) -> dict:
@@ -342,8 +351,7 @@ class TensorParallelHandle(StrategyHandle):
             b = None if lin.bias is None else _rows(lin.bias, n, r)
             self._swap(f"{layer.name}.{p}", _new_linear(_rows(lin.weight, n, r), b))
         out = attn.to_out[0]
-        bias = None if out.bias is None else out.bias.detach().clone()
-        self._swap(f"{layer.name}.to_out.0", RowParallelLinear(_cols(out.weight, n, r), bias, self.ctx))
+        self._swap(f"{layer.name}.to_out.0", RowParallelLinear(_cols(out.weight, n, r), out.bias, self.ctx))
         scale = None if type(attn.processor) is AttnProcessor2_0 else attn.scale
         attn.set_processor(TensorParallelAttnProcessor(heads, r * heads, head_dim, scale))
 
@@ -353,25 +361,17 @@ class TensorParallelHandle(StrategyHandle):
         parts = 2 if isinstance(ff.net[0], _GATED) else 1  # [value; gate]: keep this rank's rows of both
         b = None if proj.bias is None else _rows(proj.bias, n, r, parts)
         self._swap(f"{layer.name}.net.0.proj", _new_linear(_rows(proj.weight, n, r, parts), b))
-        bias = None if out.bias is None else out.bias.detach().clone()
-        self._swap(f"{layer.name}.net.2", RowParallelLinear(_cols(out.weight, n, r), bias, self.ctx))
+        self._swap(f"{layer.name}.net.2", RowParallelLinear(_cols(out.weight, n, r), out.bias, self.ctx))
 
     def _shard_resnet(self, layer: _Layer) -> None:
         res, n, r, name = layer.module, self.ctx.par_size, self.ctx.par_rank, layer.name
         c1 = res.conv1
         conv1 = nn.Conv2d(
-            c1.in_channels,
-            c1.out_channels // n,
-            c1.kernel_size,
-            c1.stride,
-            c1.padding,
-            c1.dilation,
-            bias=c1.bias is not None,
-            device="meta",
+            c1.in_channels, c1.out_channels // n, c1.kernel_size, bias=c1.bias is not None, device="meta"
         )
-        conv1.weight = nn.Parameter(_rows(c1.weight, n, r), requires_grad=False)
-        if c1.bias is not None:
-            conv1.bias = nn.Parameter(_rows(c1.bias, n, r), requires_grad=False)
+        conv1.stride, conv1.padding, conv1.dilation = c1.stride, c1.padding, c1.dilation
+        b1 = None if c1.bias is None else _rows(c1.bias, n, r)
+        conv1 = _with_params(conv1, _rows(c1.weight, n, r), b1)
         self._swap(f"{name}.conv1", conv1)
         if res.time_emb_proj is not None:
             t = res.time_emb_proj
@@ -381,8 +381,7 @@ class TensorParallelHandle(StrategyHandle):
         g = res.norm2
         norm2 = nn.GroupNorm(g.num_groups // n, g.num_channels // n, g.eps, g.affine, device="meta")
         if g.affine:
-            norm2.weight = nn.Parameter(_rows(g.weight, n, r), requires_grad=False)
-            norm2.bias = nn.Parameter(_rows(g.bias, n, r), requires_grad=False)
+            norm2 = _with_params(norm2, _rows(g.weight, n, r), _rows(g.bias, n, r))
         self._swap(f"{name}.norm2", norm2)
         self._swap(
             f"{name}.conv2", RowParallelConv2d(res.conv2, _cols(res.conv2.weight, n, r), None, self.ctx)
@@ -393,14 +392,10 @@ class TensorParallelHandle(StrategyHandle):
         conv = getattr(layer.module, layer.attr)
         k = conv.in_channels // n
         new = RowParallelConv2d(conv, _cols(conv.weight, n, r), (r * k, (r + 1) * k), self.ctx)
-        prefix = f"{layer.name}." if layer.name != "conv_out" else ""
-        # Downsample2D(name="conv") holds the same conv under two names: swap both.
-        for attr in ("conv", "Conv2d_0") if prefix else (layer.attr,):
-            if getattr(layer.module, attr, None) is conv:
-                if attr == layer.attr:
-                    self._swap(prefix + attr, new)
-                else:
-                    self.replace_module(prefix + attr, new)
+        prefix = "" if layer.module is self.unet else f"{layer.name}."
+        self._swap(prefix + layer.attr, new)
+        if layer.attr == "conv" and getattr(layer.module, "Conv2d_0", None) is conv:
+            self.replace_module(prefix + "Conv2d_0", new)  # Downsample2D(name="conv") holds it twice
 
 
 def apply(

@@ -56,7 +56,9 @@ def test_warmup_covering_all_steps_equals_full_sync(pool, kind):
 
 def test_stale_modes_are_bounded_and_ordered(pool):
     kw = dict(kind="sdxl", steps=5, size=32)
-    corrected = _err(_run(pool, strategy=DISPLACED, params={"warmup_steps": 1}, **kw)[0])
+    res = _run(pool, strategy=DISPLACED, params={"warmup_steps": 1}, **kw)
+    assert all(r["repeat_equal"] for r in res), "a second pipeline call must repeat the first exactly"
+    corrected = _err(res[0])
     no_sync = _err(_run(pool, strategy=DISPLACED, params={"mode": "no_sync", "warmup_steps": 1}, **kw)[0])
     naive = _err(_run(pool, strategy=NAIVE, params={"split_scheme": "row"}, **kw)[0])
     assert 0 < corrected < 0.1
