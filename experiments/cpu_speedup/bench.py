@@ -92,8 +92,8 @@ def bench_task(env, model: str, size: int, steps: int, rounds: int, warmup_steps
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny_sdxl")
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--model", default="small_sdxl")
+    ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument(
         "--warmup-steps", type=int, default=1, help="displaced patch synchronous steps after step 0"

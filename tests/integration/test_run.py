@@ -66,7 +66,7 @@ def test_sweep_of_patch_strategies_with_failures_kept(tmp_path):
     weights of the real SDXL) whose failure is recorded without losing the finished job's row."""
     sweep = tmp_path / "sweep"
     p = run(
-        ["-m", "model=tiny_sdxl,sdxl", "strategy=displaced_patch", "world_size=2", "logger=none",
+        ["-m", "model=tiny_sdxl,sdxl", "strategy=displaced_patch", "strategy.warmup_steps=1", "world_size=2", "logger=none",
          f"hydra.sweep.dir={sweep}", *FAST],
         tmp_path,
     )  # fmt: skip
