@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from distri.models.tiny import TINY_MODELS, build_tiny, quiet_progress_bars, tiny_spec
+from distri.models.tiny import LOCAL_MODELS, build_tiny, quiet_progress_bars, tiny_spec
 
 FAMILIES: dict[str, type[DiffusionPipeline]] = {
     "sdxl": StableDiffusionXLPipeline,
@@ -97,7 +97,7 @@ def load_pipeline(
     """
     name = _get(model_cfg, "name", "")
     family = _get(model_cfg, "family")
-    source = _get(model_cfg, "source", "tiny" if name in TINY_MODELS else "hub")
+    source = _get(model_cfg, "source", "tiny" if name in LOCAL_MODELS else "hub")
     if family not in FAMILIES:
         raise ValueError(f"model.family must be one of {sorted(FAMILIES)}, got {family!r}")
     if source not in SOURCES:

@@ -39,8 +39,11 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-TINY_MODELS: tuple[str, ...] = ("tiny_sdxl", "tiny_sd15", "small_sdxl")
-"""Names accepted by :func:`build_tiny`."""
+TINY_MODELS: tuple[str, ...] = ("tiny_sdxl", "tiny_sd15")
+"""The tiny models (tests and the default run use them)."""
+
+LOCAL_MODELS: tuple[str, ...] = (*TINY_MODELS, "small_sdxl")
+"""Names accepted by :func:`build_tiny`: the tiny models plus ``small_sdxl`` (for speed measurements)."""
 
 TINY_RESOLUTION = 256
 """Default image side of both tiny models (``unet.sample_size * vae_scale_factor``)."""
@@ -237,7 +240,7 @@ def default_cache_dir() -> Path:
 def tiny_spec(name: str) -> dict[str, Any]:
     """The config dicts ``name`` is built from (a deep copy). Raises ValueError for an unknown name."""
     if name not in _SPECS:
-        raise ValueError(f"unknown tiny model {name!r}; valid: {', '.join(TINY_MODELS)}")
+        raise ValueError(f"unknown tiny model {name!r}; valid: {', '.join(LOCAL_MODELS)}")
     spec = json.loads(json.dumps(_SPECS[name]))
     spec["vae"] = {**_VAE_COMMON, **spec["vae"]}
     return spec

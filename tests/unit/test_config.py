@@ -13,7 +13,7 @@ from distri.config import ConfigError, register_configs, validate
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 GROUPS = {
-    "model": ["tiny_sdxl", "tiny_sd15", "sdxl", "sd15", "sd21"],
+    "model": ["tiny_sdxl", "tiny_sd15", "small_sdxl", "sdxl", "sd15", "sd21"],
     "strategy": ["none", "naive_patch", "displaced_patch", "tensor"],
     "sampler": ["ddim", "euler", "dpmpp"],
     "prompts": ["builtin"],
