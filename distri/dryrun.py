@@ -5,7 +5,9 @@ The real UNet is built from its public ``unet/config.json`` (``distri/models/con
 ranks are simulated in this single process on torch's **fake process group**: rank 0 runs the strategy exactly
 as it would on a real device, its collectives complete without moving data, and the communication ledger
 counts what each of them would move. Patch strategies give every rank the same work, so rank 0's numbers are
-per device.
+per device. Tensor parallelism may split heads unevenly (SDXL's 10 heads over 8 ranks: 2,2,1,1,1,1,1,1); every
+rank moves the same bytes, and rank 0 holds the largest blocks, so its MACs and parameters are the per-device
+maximum (``strategy_report``: the strategy's own per-rank report, e.g. ``tensor``'s ``param_report()``).
 
 * MACs per step: :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention) / 2.
   Element-wise ops, normalisations and activations are not counted (they are not in the paper's figure either).
@@ -151,8 +153,9 @@ def valid_world_sizes(
 
     Patch strategies: the patch degree ``n`` (``world_size / 2`` with ``cfg_split``) must cut the latent into
     bands of whole, even rows at every UNet level (:func:`distri.parallel.geometry.patch_world_sizes`).
-    Tensor parallelism: ``n`` must divide every head count, FFN width, ResNet channel count and GroupNorm
-    group count (:func:`distri.parallel.tensor.valid_world_sizes`). ``none`` accepts any size.
+    Tensor parallelism: splits may be uneven, but every rank needs at least one attention head, GroupNorm
+    group, FFN feature and conv input channel of every sharded layer, so ``n <=`` the smallest such count
+    (:func:`distri.parallel.tensor.valid_world_sizes`; SDXL: 10 heads, ``n <= 10``). ``none`` accepts any size.
     """
     cfg = 2 if cfg_split else 1
     if strategy in PATCH_STRATEGIES:
@@ -209,7 +212,10 @@ def check_world_size(
                 f"{down + 1} UNet levels: latent side % (patches * {2**down}) == 0"
             )
         elif strategy == "tensor":
-            why = f"the degree must divide every one of {_tensor_sizes(config)}"
+            why = (
+                "every rank needs at least one attention head and GroupNorm group of every layer: the degree "
+                f"must not exceed the smallest of {_tensor_sizes(config)}"
+            )
         else:
             why = "unknown reason"
         raise ValueError(
@@ -294,8 +300,9 @@ def _simulate(
     steps: int,
     count_macs: bool,
     params: dict[str, Any],
-) -> tuple[list[dict[str, Any]], list[int]]:
-    """Rank 0 of ``world_size`` on the fake group: ``steps`` UNet calls; per-step records and the steady steps."""
+) -> tuple[list[dict[str, Any]], list[int], dict[str, Any] | None]:
+    """Rank 0 of ``world_size`` on the fake group: ``steps`` UNet calls; per-step records, the steady steps and
+    the handle's ``param_report()`` (``None`` for strategies without one)."""
     from distri.parallel.context import make_context
 
     per_step: list[dict[str, Any]] = []
@@ -314,12 +321,13 @@ def _simulate(
                 per_step.append({"step": step, "macs": macs})
             recs = ctx.ledger.per_step()
             steady = _steady_steps(handle, steps)
+            report = handle.param_report() if hasattr(handle, "param_report") else None
         finally:
             handle.remove()
     for rec in per_step:
         rec["by_kind"] = {k: dict(v) for k, v in recs.get(rec["step"], {}).items()}
         rec["bytes"] = sum(v["bytes"] for v in rec["by_kind"].values())
-    return per_step, steady
+    return per_step, steady, report
 
 
 def dryrun(
@@ -344,7 +352,8 @@ def dryrun(
     counter (faster; ``macs_per_step`` is then ``None``).
 
     Returns ``macs_per_step``/``gmacs_per_step``, ``bytes_per_step``/``by_kind`` averaged over the steady-state
-    steps, ``warmup_bytes_per_step`` over the others (if any), and ``per_step`` records.
+    steps, ``warmup_bytes_per_step`` over the others (if any), ``per_step`` records and ``strategy_report``
+    (rank 0's ``param_report()`` where the strategy has one, e.g. ``tensor``: its shard of the weights and heads).
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
@@ -364,7 +373,7 @@ def dryrun(
     unet = build_meta_unet(config, DTYPES[dtype])
     check_world_size(unet, height, width, world_size, strategy, cfg_split, **strategy_params)
     inputs = meta_inputs(config, batch, height, width, DTYPES[dtype])
-    per_step, steady = _simulate(
+    per_step, steady, report = _simulate(
         unet, inputs, world_size, apply, cfg_split, steps, count_macs, strategy_params
     )
     warm = [s for s in range(steps) if s not in steady]
@@ -389,6 +398,7 @@ def dryrun(
         "by_kind": by_kind,
         "warmup_bytes_per_step": _average(per_step, warm)[0] if warm else None,
         "per_step": per_step,
+        "strategy_report": report,
         "convention": (
             "per device (rank 0), per UNet call, steady state; bytes: all-gather s*(n-1)*esize, "
             "all-reduce s*(n-1)/n*2*esize; MACs = FlopCounterMode FLOPs / 2"
@@ -476,35 +486,25 @@ PAPER_TABLE2: dict[int, dict[str, float]] = {
 and DistriFusion alike) and tensor parallelism (Sync. TP)."""
 
 
-def rescale_allreduce(nbytes: float, n_from: int, n_to: int) -> float:
-    """Per-rank all-reduce bytes of the same tensors over ``n_to`` ranks instead of ``n_from`` (factor (n-1)/n)."""
-    return nbytes * ((n_to - 1) / n_to) / ((n_from - 1) / n_from)
-
-
 def table2(world_size: int = 8, resolutions: tuple[int, ...] = tuple(PAPER_TABLE2), **kw: Any) -> list[dict]:
     """Our per-device communication per step next to the paper's Table 2 (SDXL, batch 1 = one latent, fp16).
 
     Patch: ``displaced_patch`` over ``world_size`` ranks (its steady state moves what ``full_sync`` moves).
-    Tensor: ``tensor`` over ``world_size`` ranks when the UNet splits that way; otherwise (SDXL's 10-head level
-    and 32 GroupNorm groups allow only 2 ranks here) over the largest valid degree, with the all-reduce bytes
-    rescaled by :func:`rescale_allreduce` (the tensors reduced do not depend on the degree).
+    Tensor: ``tensor`` over ``world_size`` ranks (SDXL's 10 and 20 heads split unevenly over 8: 2,2,1,1,1,1,1,1
+    and 3,3,3,3,2,2,2,2; the all-reduced outputs are full-size either way).
     """
     rows = []
     for res in resolutions:
         patch = dryrun("sdxl", res, res, world_size, "displaced_patch", batch=1, count_macs=False, **kw)
-        degrees = [
-            d for d in valid_world_sizes(build_meta_unet(unet_config("sdxl")), res, res, "tensor") if d > 1
-        ]
-        d = world_size if world_size in degrees else max(x for x in degrees if x <= world_size)
-        tp = dryrun("sdxl", res, res, d, "tensor", batch=1, steps=1, count_macs=False)
+        tp = dryrun("sdxl", res, res, world_size, "tensor", batch=1, steps=1, count_macs=False)
         paper = PAPER_TABLE2.get(res, {})
         rows.append(
             {
                 "resolution": res,
+                "world_size": world_size,
                 "patch_bytes": patch["bytes_per_step"],
                 "patch_by_kind": {k: v["bytes"] for k, v in patch["by_kind"].items()},
-                "tensor_bytes": rescale_allreduce(tp["bytes_per_step"], d, world_size),
-                "tensor_degree_measured": d,
+                "tensor_bytes": tp["bytes_per_step"],
                 "paper_patch_g": paper.get("patch"),
                 "paper_tensor_g": paper.get("tensor"),
             }
@@ -514,17 +514,18 @@ def table2(world_size: int = 8, resolutions: tuple[int, ...] = tuple(PAPER_TABLE
 
 def format_table2(rows: list[dict]) -> str:
     """The rows of :func:`table2` as text: ours (G = 1e9 bytes) next to the paper's."""
+    n = rows[0]["world_size"] if rows else 8
     lines = [
-        "SDXL, 8 devices, per device per step, batch 1 (one latent), fp16, G = 1e9 bytes",
+        f"SDXL, {n} devices, per device per step, batch 1 (one latent), fp16, G = 1e9 bytes"
+        + ("" if n == 8 else " (the paper's figures are for 8 devices)"),
         "resolution | patch (ours) | patch (paper) | tensor (ours) | tensor (paper) | patch: attn_kv + conv_halo + gn",
     ]
     for r in rows:
         k = r["patch_by_kind"]
         parts = " + ".join(f"{k.get(x, 0) / 1e9:.4f}" for x in ("attn_kv", "conv_halo", "gn_stats"))
-        scaled = f" (n={r['tensor_degree_measured']}, rescaled)" if r["tensor_degree_measured"] != 8 else ""
         lines.append(
             f"{r['resolution']}^2 | {r['patch_bytes'] / 1e9:.3f} G | {r['paper_patch_g']} G | "
-            f"{r['tensor_bytes'] / 1e9:.3f} G{scaled} | {r['paper_tensor_g']} G | {parts}"
+            f"{r['tensor_bytes'] / 1e9:.3f} G | {r['paper_tensor_g']} G | {parts}"
         )
     return "\n".join(lines)
 

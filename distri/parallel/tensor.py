@@ -9,10 +9,18 @@ full (replicated) activations; every sharded block ends in one all-reduce (ledge
   the matching slices of both the value and the gate halves), ``net[2]`` the matching input features, then
   all-reduce;
 * ResNet blocks: ``conv1`` and ``time_emb_proj`` by output channels (``scale_shift``: both halves), ``norm2``
-  becomes a GroupNorm over the rank's channel shard (exact: groups are contiguous channel blocks), ``conv2``
+  becomes a GroupNorm over the rank's channel shard (exact: the shard is a block of whole groups), ``conv2``
   by input channels, then all-reduce; ``norm1`` and ``conv_shortcut`` stay replicated;
 * ``Downsample2D``/``Upsample2D`` convolutions and the UNet's ``conv_out``: by input channels (each rank
   slices its channel shard of the replicated input), then all-reduce.
+
+Splits may be uneven. Each layer is cut into units (attention heads, FFN hidden features, GroupNorm groups of
+``norm2``, conv input channels) and rank ``r`` gets a contiguous block of them, the block sizes differing by
+at most one, the first ``units % par_size`` ranks taking one more (:func:`shard_range`; 10 heads over 8 ranks:
+2, 2, 1, 1, 1, 1, 1, 1). The only requirement is at least one unit of every sharded layer per rank, i.e.
+``par_size <=`` the smallest head count / group count / FFN width / conv width. Uneven splits change neither
+the result nor the all-reduce traffic (full-size outputs are reduced), only the balance: a rank with an extra
+head holds and computes a little more (:meth:`TensorParallelHandle.param_report` says how much).
 
 Everything else (``conv_in``, embeddings, ``proj_in``/``proj_out``, norms) stays replicated. The output equals
 the single-device UNet up to floating-point summation order. With ``par_size == 1`` nothing is changed.
@@ -27,7 +35,6 @@ Inference only: the all-reduces are not autograd-aware.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -153,13 +160,24 @@ class TensorParallelAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-# -- which layers, and what must divide ---------------------------------------------------------------
+# -- which layers, and how they split -----------------------------------------------------------------
+def shard_range(units: int, n: int, r: int) -> tuple[int, int]:
+    """Rank ``r``'s contiguous block ``[start, stop)`` of ``units`` split over ``n`` ranks.
+
+    Block sizes differ by at most one; the first ``units % n`` ranks get the larger ones (10 over 8:
+    2, 2, 1, 1, 1, 1, 1, 1). Needs ``units >= n`` for every block to be non-empty.
+    """
+    q, rem = divmod(units, n)
+    start = r * q + min(r, rem)
+    return start, start + q + (1 if r < rem else 0)
+
+
 @dataclass
 class _Layer:
     name: str
     kind: str  # "attn", "ff", "resnet", "conv"
     module: nn.Module
-    sizes: list[tuple[str, int]] = field(default_factory=list)  # (what, size) that par_size must divide
+    units: list[tuple[str, int]] = field(default_factory=list)  # (what, count) split over the ranks
     attr: str = ""  # for "conv": the attribute of ``module`` holding the convolution
 
 
@@ -186,6 +204,8 @@ def _find_layers(unet: nn.Module) -> tuple[list[_Layer], list[tuple[str, str]]]:
                 m.to_q.out_features == m.to_k.out_features == m.to_v.out_features == m.to_out[0].in_features
             ):
                 why = "key/value width differs from the query width"
+            elif m.to_q.out_features % m.heads:
+                why = "projection width not a multiple of the head count"
             if why:
                 skipped.append((name, why))
             else:
@@ -198,10 +218,10 @@ def _find_layers(unet: nn.Module) -> tuple[list[_Layer], list[tuple[str, str]]]:
                 skipped.append((name, f"activation {type(act).__name__}"))
         elif isinstance(m, ResnetBlock2D):
             ok = _plain_conv(m.conv1) and _plain_conv(m.conv2) and type(m.norm2) is nn.GroupNorm
+            ok = ok and m.norm2.num_channels == m.conv1.out_channels == m.conv2.in_channels
             ok = ok and (m.time_emb_proj is None or type(m.time_emb_proj) is nn.Linear)
             if ok:
-                sizes = [("ResNet channels", m.conv1.out_channels), ("GroupNorm groups", m.norm2.num_groups)]
-                layers.append(_Layer(name, "resnet", m, sizes))
+                layers.append(_Layer(name, "resnet", m, [("GroupNorm groups", m.norm2.num_groups)]))
             else:
                 skipped.append((name, "unsupported ResNet layers"))
         elif isinstance(m, (Downsample2D, Upsample2D)):
@@ -217,28 +237,30 @@ def _find_layers(unet: nn.Module) -> tuple[list[_Layer], list[tuple[str, str]]]:
 
 
 def _valid_sizes(layers: list[_Layer], max_size: int) -> list[int]:
-    sizes = [s for layer in layers for _, s in layer.sizes]
-    g = math.gcd(*sizes) if sizes else 0
-    return [n for n in range(1, max_size + 1) if g % n == 0]
+    """``1 .. min(units)``: every rank must get at least one unit of every sharded layer."""
+    fewest = min((count for layer in layers for _, count in layer.units), default=max_size)
+    return list(range(1, min(fewest, max_size) + 1))
 
 
 def _check(layers: list[_Layer], n: int, cfg_size: int) -> None:
     bad: dict[tuple[str, int], list[str]] = {}
     for layer in layers:
-        for what, size in layer.sizes:
-            if size % n:
-                bad.setdefault((what, size), []).append(layer.name)
+        for what, count in layer.units:
+            if count < n:
+                bad.setdefault((what, count), []).append(layer.name)
     if not bad:
         return
     lines = [
-        f"  {what} = {size} in {names[0]}"
+        f"  {what} = {count} in {names[0]}"
         + (f" (and {len(names) - 1} more layers)" if len(names) > 1 else "")
-        for (what, size), names in bad.items()
+        for (what, count), names in bad.items()
     ]
     ok = _valid_sizes(layers, 64)
     worlds = ", ".join(str(p * cfg_size) for p in ok)
     raise ValueError(
-        f"tensor parallelism cannot split this UNet over par_size={n} ranks; not divisible by {n}:\n"
+        f"tensor parallelism cannot split this UNet over par_size={n} ranks: every rank needs at least one "
+        f"attention head, GroupNorm group, FFN feature and conv input channel of every sharded layer "
+        f"(splits may be uneven); fewer than {n}:\n"
         + "\n".join(lines)
         + f"\ntensor degrees (par_size) that work: {ok}; "
         + f"with cfg_size={cfg_size} that is world_size in [{worlds}]"
@@ -246,8 +268,9 @@ def _check(layers: list[_Layer], n: int, cfg_size: int) -> None:
 
 
 def valid_world_sizes(unet_config: dict | nn.Module, max_size: int = 64) -> list[int]:
-    """Tensor-parallel degrees ``par_size <= max_size`` that divide every head count, FFN inner dim, ResNet
-    channel and GroupNorm group count of the UNet (``world_size = cfg_size * par_size``).
+    """Tensor-parallel degrees ``par_size <= max_size`` that give every rank at least one attention head, FFN
+    inner feature, ``norm2`` GroupNorm group and conv input channel of every sharded layer (splits may be
+    uneven; ``world_size = cfg_size * par_size``): ``1 ..`` the smallest of those counts.
 
     Takes the UNet's config dict (the UNet is built on the ``meta`` device to read its layers: no memory, no
     weights) or a UNet module.
@@ -266,13 +289,13 @@ def _param_bytes(m: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in m.parameters())
 
 
-def _rows(t: torch.Tensor, n: int, r: int, parts: int = 1) -> torch.Tensor:
-    """Rank ``r``'s ``1/n`` of every one of the ``parts`` equal blocks of ``t`` along dim 0 (a new tensor)."""
-    return torch.cat([c.chunk(n, dim=0)[r] for c in t.detach().chunk(parts, dim=0)], dim=0)
+def _rows(t: torch.Tensor, start: int, stop: int, parts: int = 1) -> torch.Tensor:
+    """Rows ``[start, stop)`` of every one of the ``parts`` equal blocks of ``t`` along dim 0 (a new tensor)."""
+    return torch.cat([c[start:stop] for c in t.detach().chunk(parts, dim=0)], dim=0)
 
 
-def _cols(t: torch.Tensor, n: int, r: int) -> torch.Tensor:
-    return t.detach().chunk(n, dim=1)[r].clone(memory_format=torch.contiguous_format)
+def _cols(t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    return t.detach()[:, start:stop].clone(memory_format=torch.contiguous_format)
 
 
 def _with_params(m: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
@@ -302,11 +325,14 @@ class TensorParallelHandle(StrategyHandle):
         super().__init__(unet, ctx, cfg_split=cfg_split)
         self._unet_full = _param_bytes(unet)
         self._full = self._local = 0
+        self._heads_full = self._heads_local = 0
+        self._uneven = 0
         self._freed = False
         if ctx.par_size > 1:
             self.save_processors()
             for layer in layers:
                 getattr(self, f"_shard_{layer.kind}")(layer)
+                self._uneven += any(count % ctx.par_size for _, count in layer.units)
         self._n_layers = len(layers) if ctx.par_size > 1 else 0
         self._unet_local = _param_bytes(unet)
         if free_full and ctx.par_size > 1:
@@ -323,14 +349,25 @@ class TensorParallelHandle(StrategyHandle):
         super().remove()
 
     def param_report(self) -> dict:
-        """Per-rank parameter bytes of the sharded layers (full vs local shard) and of the whole UNet."""
+        """This rank's parameter bytes of the sharded layers (full vs local shard) and of the whole UNet.
+
+        With uneven splits the ranks differ: ``sharded_ratio`` is this rank's share of the sharded layers'
+        bytes, ``even_ratio`` the ``1 / par_size`` an even split would give; ``uneven_layers`` counts the
+        sharded layers whose units do not divide evenly, ``attention_heads_local`` / ``_full`` this rank's
+        heads against all heads of the sharded attentions.
+        """
         return {
             "par_size": self.ctx.par_size,
+            "par_rank": self.ctx.par_rank,
             "sharded_layers": self._n_layers,
+            "uneven_layers": self._uneven,
             "skipped_layers": len(self.skipped),
             "sharded_full_bytes": self._full,
             "sharded_local_bytes": self._local,
             "sharded_ratio": self._local / self._full if self._full else 1.0,
+            "even_ratio": 1.0 / self.ctx.par_size,
+            "attention_heads_full": self._heads_full,
+            "attention_heads_local": self._heads_local,
             "unet_full_bytes": self._unet_full,
             "unet_local_bytes": self._unet_local,
             "full_layers_retained": self._n_layers > 0 and not self._freed,
@@ -343,55 +380,62 @@ class TensorParallelHandle(StrategyHandle):
         self._local += _param_bytes(new)
         self.replace_module(name, new)
 
+    def _range(self, units: int) -> tuple[int, int]:
+        return shard_range(units, self.ctx.par_size, self.ctx.par_rank)
+
     def _shard_attn(self, layer: _Layer) -> None:
-        attn, n, r = layer.module, self.ctx.par_size, self.ctx.par_rank
-        heads, head_dim = attn.heads // n, attn.to_q.out_features // attn.heads
+        attn = layer.module
+        head_dim = attn.to_q.out_features // attn.heads
+        h0, h1 = self._range(attn.heads)
+        f0, f1 = h0 * head_dim, h1 * head_dim
         for p in ("to_q", "to_k", "to_v"):
             lin = getattr(attn, p)
-            b = None if lin.bias is None else _rows(lin.bias, n, r)
-            self._swap(f"{layer.name}.{p}", _new_linear(_rows(lin.weight, n, r), b))
+            b = None if lin.bias is None else _rows(lin.bias, f0, f1)
+            self._swap(f"{layer.name}.{p}", _new_linear(_rows(lin.weight, f0, f1), b))
         out = attn.to_out[0]
-        self._swap(f"{layer.name}.to_out.0", RowParallelLinear(_cols(out.weight, n, r), out.bias, self.ctx))
+        self._swap(f"{layer.name}.to_out.0", RowParallelLinear(_cols(out.weight, f0, f1), out.bias, self.ctx))
         scale = None if type(attn.processor) is AttnProcessor2_0 else attn.scale
-        attn.set_processor(TensorParallelAttnProcessor(heads, r * heads, head_dim, scale))
+        attn.set_processor(TensorParallelAttnProcessor(h1 - h0, h0, head_dim, scale))
+        self._heads_full += attn.heads
+        self._heads_local += h1 - h0
 
     def _shard_ff(self, layer: _Layer) -> None:
-        ff, n, r = layer.module, self.ctx.par_size, self.ctx.par_rank
+        ff = layer.module
         proj, out = ff.net[0].proj, ff.net[2]
+        i0, i1 = self._range(out.in_features)
         parts = 2 if isinstance(ff.net[0], _GATED) else 1  # [value; gate]: keep this rank's rows of both
-        b = None if proj.bias is None else _rows(proj.bias, n, r, parts)
-        self._swap(f"{layer.name}.net.0.proj", _new_linear(_rows(proj.weight, n, r, parts), b))
-        self._swap(f"{layer.name}.net.2", RowParallelLinear(_cols(out.weight, n, r), out.bias, self.ctx))
+        b = None if proj.bias is None else _rows(proj.bias, i0, i1, parts)
+        self._swap(f"{layer.name}.net.0.proj", _new_linear(_rows(proj.weight, i0, i1, parts), b))
+        self._swap(f"{layer.name}.net.2", RowParallelLinear(_cols(out.weight, i0, i1), out.bias, self.ctx))
 
     def _shard_resnet(self, layer: _Layer) -> None:
-        res, n, r, name = layer.module, self.ctx.par_size, self.ctx.par_rank, layer.name
-        c1 = res.conv1
-        conv1 = nn.Conv2d(
-            c1.in_channels, c1.out_channels // n, c1.kernel_size, bias=c1.bias is not None, device="meta"
-        )
+        res, name = layer.module, layer.name
+        c1, g = res.conv1, res.norm2
+        per_group = g.num_channels // g.num_groups
+        g0, g1 = self._range(g.num_groups)  # whole groups: the local GroupNorm is exact
+        k0, k1 = g0 * per_group, g1 * per_group
+        conv1 = nn.Conv2d(c1.in_channels, k1 - k0, c1.kernel_size, bias=c1.bias is not None, device="meta")
         conv1.stride, conv1.padding, conv1.dilation = c1.stride, c1.padding, c1.dilation
-        b1 = None if c1.bias is None else _rows(c1.bias, n, r)
-        conv1 = _with_params(conv1, _rows(c1.weight, n, r), b1)
+        b1 = None if c1.bias is None else _rows(c1.bias, k0, k1)
+        conv1 = _with_params(conv1, _rows(c1.weight, k0, k1), b1)
         self._swap(f"{name}.conv1", conv1)
         if res.time_emb_proj is not None:
             t = res.time_emb_proj
             parts = 2 if res.time_embedding_norm == "scale_shift" else 1  # [scale; shift]
-            b = None if t.bias is None else _rows(t.bias, n, r, parts)
-            self._swap(f"{name}.time_emb_proj", _new_linear(_rows(t.weight, n, r, parts), b))
-        g = res.norm2
-        norm2 = nn.GroupNorm(g.num_groups // n, g.num_channels // n, g.eps, g.affine, device="meta")
+            b = None if t.bias is None else _rows(t.bias, k0, k1, parts)
+            self._swap(f"{name}.time_emb_proj", _new_linear(_rows(t.weight, k0, k1, parts), b))
+        norm2 = nn.GroupNorm(g1 - g0, k1 - k0, g.eps, g.affine, device="meta")
         if g.affine:
-            norm2 = _with_params(norm2, _rows(g.weight, n, r), _rows(g.bias, n, r))
+            norm2 = _with_params(norm2, _rows(g.weight, k0, k1), _rows(g.bias, k0, k1))
         self._swap(f"{name}.norm2", norm2)
         self._swap(
-            f"{name}.conv2", RowParallelConv2d(res.conv2, _cols(res.conv2.weight, n, r), None, self.ctx)
+            f"{name}.conv2", RowParallelConv2d(res.conv2, _cols(res.conv2.weight, k0, k1), None, self.ctx)
         )
 
     def _shard_conv(self, layer: _Layer) -> None:
-        n, r = self.ctx.par_size, self.ctx.par_rank
         conv = getattr(layer.module, layer.attr)
-        k = conv.in_channels // n
-        new = RowParallelConv2d(conv, _cols(conv.weight, n, r), (r * k, (r + 1) * k), self.ctx)
+        k0, k1 = self._range(conv.in_channels)
+        new = RowParallelConv2d(conv, _cols(conv.weight, k0, k1), (k0, k1), self.ctx)
         prefix = "" if layer.module is self.unet else f"{layer.name}."
         self._swap(prefix + layer.attr, new)
         if layer.attr == "conv" and getattr(layer.module, "Conv2d_0", None) is conv:
@@ -403,8 +447,9 @@ def apply(
 ) -> TensorParallelHandle:
     """Strategy ``tensor``: shard the UNet's big layers over ``ctx.par_group`` (see the module docstring).
 
-    Raises ``ValueError`` (before touching the UNet) when ``ctx.par_size`` does not divide a head count, FFN
-    inner dim, ResNet channel count or GroupNorm group count, naming the layer and the sizes that work.
+    Splits may be uneven (:func:`shard_range`). Raises ``ValueError`` (before touching the UNet) when
+    ``ctx.par_size`` exceeds a head count, FFN inner dim, GroupNorm group count or conv input channel count of
+    a sharded layer (some rank would get nothing), naming the layer and the sizes that work.
     ``free_full=True`` drops the original full layers (saves their memory; ``remove()`` then raises).
     """
     return TensorParallelHandle(unet, ctx, cfg_split=cfg_split, free_full=free_full)

@@ -1,4 +1,4 @@
-"""Strategy ``tensor`` on gloo/CPU: exactness, memory, communication volume, restore, validation.
+"""Strategy ``tensor`` on gloo/CPU: exactness (even and uneven splits), memory, communication, restore, validation.
 
 Tolerances: in float64 the tensor-parallel UNet output equals the single-device output within
 ``1e-10 * max|ref|`` (observed ~2e-15: only the summation order of the all-reduces differs); in float32 within
@@ -9,19 +9,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 
+from distri import testing_tp
 from distri.launch import WorkerPool
 from distri.parallel import tensor
 from distri.parallel.context import ParallelContext
-from distri.testing_tp import CONFIGS, LATENT, SDXL_SHAPED, build_unet, make_inputs
+from distri.testing_tp import CONFIGS, LATENT, SD15_SHAPED, SDXL_SHAPED, build_unet, make_inputs
 
 TOL64 = 1e-10
 TOL32 = 1e-4
 BATCH = 2  # unconditional + conditional
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "distri" / "models" / "configs"
+
+# Nothing divides evenly over 4 ranks (and little over 2): 5 heads at level 0 (2,1,1,1), 6 at level 1 (2,2,1,1),
+# 5 GroupNorm groups (2,1,1,1), 30 conv input channels at level 0 (8,8,7,7). The FFN (4 x channels) is always
+# even here; test_uneven_layers_in_one_process splits it 3 ways.
+UNEVEN: dict = {
+    **SD15_SHAPED,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (30, 60),
+    "layers_per_block": 1,
+    "attention_head_dim": (5, 6),  # diffusers' SD configs: the head *count* per level
+    "norm_num_groups": 5,
+}
+UNEVEN_ATTENTIONS = {5: 6, 6: 8}  # heads -> attentions (attn1 + attn2 of 3 transformers, of 4 at level 1)
+
+
+def uneven_tp_check(env, **kw) -> dict:
+    """Worker task: :func:`distri.testing_tp.tp_check` on the :data:`UNEVEN` UNet."""
+    with mock.patch.dict(testing_tp.CONFIGS, uneven=UNEVEN):
+        return testing_tp.tp_check(env, "uneven", **kw)
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
@@ -100,7 +122,7 @@ def test_tensor_matches_single_device(pool, model, cfg_split):
         # memory: each rank holds ~1/par of the sharded layers (replicated row-parallel biases: a few %)
         rep = r["report"]
         if par > 1:
-            assert rep["sharded_layers"] > 0 and rep["full_layers_retained"]
+            assert rep["sharded_layers"] > 0 and rep["full_layers_retained"] and rep["uneven_layers"] == 0
             assert rep["sharded_ratio"] * par == pytest.approx(1.0, rel=0.03)
             assert rep["unet_local_bytes"] < rep["unet_full_bytes"]
             saved = rep["unet_full_bytes"] - rep["unet_local_bytes"]
@@ -141,28 +163,113 @@ def test_par_size_one_is_noop():
     assert handle.param_report()["sharded_layers"] == 0
 
 
+def test_tensor_uneven_heads_match_single_device(pool):
+    """Head counts, GroupNorm groups and conv widths that do not divide the degree: contiguous blocks whose sizes
+    differ by at most one; same output as one device, same all-reduce traffic, honest per-rank memory."""
+    res = pool.run("tests.parallel.test_tensor:uneven_tp_check", cfg_split=False, steps=1)
+    n = pool.world_size
+    n_calls, n_elems = expected_allreduce(UNEVEN, BATCH, LATENT)
+    blocks = {4: {5: [2, 1, 1, 1], 6: [2, 2, 1, 1]}, 2: {5: [3, 2], 6: [3, 3]}}[n]
+    for r in res:
+        assert r["par_size"] == n and r["shape_ok"] and not r["skipped"]
+        assert r["max_err"] <= TOL64 * r["ref_max"], r["max_err"]
+        assert r["restored_identical"] and r["restored_params"] and r["restored_processors"]
+        tp = r["ledger"][0]["tp_allreduce"]
+        assert (tp["calls"], tp["elements"]) == (n_calls, n_elems)  # uneven shards, full-size reductions
+    reps = [r["report"] for r in res]
+    for rank, rep in enumerate(reps):
+        want = sum(blocks[h][rank] * k for h, k in UNEVEN_ATTENTIONS.items())
+        assert rep["par_rank"] == rank and rep["attention_heads_local"] == want
+        assert rep["attention_heads_full"] == sum(h * k for h, k in UNEVEN_ATTENTIONS.items())
+        assert rep["uneven_layers"] > 0 and rep["even_ratio"] == 1 / n
+    # the shards tile the full layers (plus the row-parallel biases every rank keeps); rank 0 holds the most
+    full = reps[0]["sharded_full_bytes"]
+    assert sum(rep["sharded_local_bytes"] for rep in reps) == pytest.approx(full, rel=0.03)
+    assert reps[0]["sharded_ratio"] > 1 / n > reps[-1]["sharded_ratio"]
+
+
+@pytest.mark.parametrize("units, n", [(10, 8), (20, 8), (6, 4), (5, 4), (32, 8), (7, 7), (3, 1), (45, 6)])
+def test_shard_range(units, n):
+    blocks = [tensor.shard_range(units, n, r) for r in range(n)]
+    sizes = [b - a for a, b in blocks]
+    assert blocks[0][0] == 0 and blocks[-1][1] == units
+    assert all(blocks[r][1] == blocks[r + 1][0] for r in range(n - 1))  # contiguous, in rank order
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1 and sizes == sorted(sizes, reverse=True)
+    if (units, n) == (10, 8):  # SDXL's 64x64 level over 8 ranks
+        assert sizes == [2, 2, 1, 1, 1, 1, 1, 1]
+    if (units, n) == (20, 8):  # SDXL's 32x32 level
+        assert sizes == [3, 3, 3, 3, 2, 2, 2, 2]
+
+
+def test_uneven_layers_in_one_process():
+    """3 ranks simulated in one process (no group: the all-reduce is the identity, so every rank returns its
+    partial sum + bias): the partials of an attention (4 heads: 2,1,1) and a GEGLU feed-forward (128 features:
+    43,43,42) add up to the full layer."""
+    n = 3
+    unet = build_unet("sd15")
+    block = unet.down_blocks[1].attentions[0].transformer_blocks[0]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 16, 32, generator=g, dtype=torch.float64)
+    text = torch.randn(2, 8, 32, generator=g, dtype=torch.float64)
+    calls = {
+        "attn1": lambda b: b.attn1(x),
+        "attn2": lambda b: b.attn2(x, encoder_hidden_states=text),
+        "ff": lambda b: b.ff(x),
+    }
+    biases = {
+        "attn1": block.attn1.to_out[0].bias,
+        "attn2": block.attn2.to_out[0].bias,
+        "ff": block.ff.net[2].bias,
+    }
+    with torch.no_grad():
+        ref = {k: f(block) for k, f in calls.items()}
+        total = {k: torch.zeros_like(v) for k, v in ref.items()}
+        heads = []
+        for r in range(n):
+            handle = tensor.apply(unet, ParallelContext(rank=r, world_size=n))
+            heads.append(block.attn1.processor.heads)
+            for k, f in calls.items():
+                total[k] += f(block)
+            handle.remove()
+        assert heads == [2, 1, 1] and block.ff.net[2].in_features == 128
+        for k, v in ref.items():
+            err = (total[k] - (n - 1) * biases[k] - v).abs().max()
+            assert err <= TOL64 * v.abs().max(), (k, float(err))
+
+
 def test_invalid_world_size_raises_before_touching_the_unet():
     unet = build_unet("sdxl")
     with pytest.raises(ValueError) as e:
         tensor.apply(
-            unet, ParallelContext(world_size=3)
-        )  # par_size 3; validation happens before any collective
+            unet, ParallelContext(world_size=5)
+        )  # par_size 5; validation happens before any collective
     msg = str(e.value)
-    assert "par_size=3" in msg and "attention heads = 4 in down_blocks.1.attentions.0" in msg
-    assert "ResNet channels = 32" in msg and "GroupNorm groups = 8" in msg
-    assert "[1, 2, 4]" in msg
-    with pytest.raises(ValueError, match=r"attention heads = 4 .*\n.*world_size in \[2, 4, 8\]"):
+    assert "par_size=5" in msg and "attention heads = 4 in down_blocks.1.attentions.0" in msg
+    assert "attention heads = 8" not in msg and "GroupNorm groups" not in msg
+    assert "[1, 2, 3, 4]" in msg
+    with pytest.raises(ValueError) as e:
+        tensor.apply(unet, ParallelContext(world_size=9))  # fewer heads and groups than ranks
+    msg = str(e.value)
+    assert "attention heads = 8 in" in msg and "GroupNorm groups = 8 in down_blocks.0.resnets.0" in msg
+    with pytest.raises(ValueError, match=r"attention heads = 4 .*\n.*world_size in \[2, 4, 6, 8\]"):
         tensor.apply(unet, ParallelContext(world_size=16, cfg_size=2))  # par_size 8: only the 4 heads fail
     assert not unet._forward_pre_hooks and not unet._forward_hooks
 
 
 def test_valid_world_sizes():
-    assert tensor.valid_world_sizes(SDXL_SHAPED) == [1, 2, 4]  # level-0 "2 heads" has no attention: ignored
-    assert tensor.valid_world_sizes(build_unet("sd15")) == [1, 2, 4]
-    for name, expected in (("sdxl_unet.json", [1, 2]), ("sd15_unet.json", [1, 2, 4, 8])):
+    assert tensor.valid_world_sizes(SDXL_SHAPED) == [
+        1,
+        2,
+        3,
+        4,
+    ]  # level-0 "2 heads" has no attention: ignored
+    assert tensor.valid_world_sizes(build_unet("sd15")) == [1, 2, 3, 4]
+    assert tensor.valid_world_sizes(UNEVEN) == [1, 2, 3, 4, 5]
+    for name, expected in (("sdxl_unet.json", 10), ("sd15_unet.json", 8)):
         path = CONFIG_DIR / name
-        if path.exists():  # real SDXL: 10 and 20 heads with 32 groups -> gcd 2
-            assert tensor.valid_world_sizes(json.loads(path.read_text())) == expected
+        if path.exists():  # real SDXL: 10 and 20 heads, 32 groups -> 1..10; SD 1.5: 8 heads -> 1..8
+            assert tensor.valid_world_sizes(json.loads(path.read_text())) == list(range(1, expected + 1))
+    assert tensor.valid_world_sizes(SDXL_SHAPED, max_size=3) == [1, 2, 3]
 
 
 def test_free_full(pool):
