@@ -8,6 +8,9 @@ The world of ``world_size`` ranks is laid out as ``cfg_size x par_size``:
   strategies, weight shards for tensor parallelism). ``par_rank = r % par_size``.
 
 ``par_group`` holds the ranks of one CFG half, ``cfg_group`` the ranks with the same ``par_rank``.
+``par_async_group`` has the same ranks as ``par_group`` but its own communicator, for the asynchronous
+exchanges of the displaced modes: collectives on one group run in issue order, so a blocking collective on
+``par_group`` (the output gather) does not queue behind the asynchronous all-gathers still in flight.
 A context without ``torch.distributed`` (single process, ``world_size == 1``) has all groups ``None`` and
 every collective helper in :mod:`distri.parallel.comm` degenerates to a local copy.
 """
@@ -30,6 +33,7 @@ class ParallelContext:
     backend: str = "none"
     cfg_size: int = 1
     par_group: object | None = None
+    par_async_group: object | None = None
     cfg_group: object | None = None
     ledger: CommLedger = field(default_factory=CommLedger)
 
@@ -81,8 +85,9 @@ def make_context(
     for c in range(cfg_size):
         ranks = list(range(c * par, (c + 1) * par))
         g = dist.new_group(ranks) if len(ranks) < world_size else dist.group.WORLD
+        ga = dist.new_group(ranks)
         if rank in ranks:
-            ctx.par_group = g
+            ctx.par_group, ctx.par_async_group = g, ga
     if cfg_size > 1:
         for p in range(par):
             ranks = [c * par + p for c in range(cfg_size)]

@@ -41,7 +41,9 @@ class PatchState:
         if dtype not in self._buckets:
             esize = torch.empty((), dtype=dtype).element_size()
             self._buckets[dtype] = comm.AsyncBuckets(
-                self.ctx.par_group, self.ctx.ledger, max(1, self.bucket_bytes // esize)
+                self.ctx.par_async_group or self.ctx.par_group,
+                self.ctx.ledger,
+                max(1, self.bucket_bytes // esize),
             )
         return self._buckets[dtype]
 
@@ -55,16 +57,16 @@ class PatchState:
             b.restart()
         self.cache.clear()
 
-    def exchange(self, key: str, fresh: torch.Tensor, kind: str) -> torch.Tensor:
-        """The ``[n, *fresh.shape]`` activations of every band for this step's phase.
+    def gather(self, key: str, fresh: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        """Every band's activations for this step's phase, in rank order (entry ``self.rank`` is ``fresh``).
 
-        In ``sync`` the result is this step's; in ``async``/``frozen`` entry ``self.rank`` is this step's
-        (fresh) and the others are stale. The returned tensor is owned by the caller.
+        In ``sync`` all are this step's (a blocking all-gather); in ``async``/``frozen`` the others are stale.
+        The returned tensors may alias the receive buffer: copy what you need, then call :meth:`post`.
         """
         if self.phase == "sync":
             g = comm.all_gather(fresh.unsqueeze(0), self.ctx.par_group, self.ctx.ledger, kind, dim=0)
             self.cache[key] = g
-            return g
+            return list(g.unbind(0))
         if self.phase == "frozen":
             stale = self.cache[key]
         else:
@@ -72,9 +74,17 @@ class PatchState:
             stale = b.recv(key) if b.ready() else self.cache[key]
         parts = list(stale.unbind(0))
         parts[self.rank] = fresh
-        out = torch.stack(parts, 0)  # a copy: safe to send after this
+        return parts
+
+    def post(self, key: str, fresh: torch.Tensor, kind: str) -> None:
+        """Send this step's activations for the next step (``async`` phase only; after :meth:`gather`'s use)."""
         if self.phase == "async":
             self.buckets(fresh.dtype).send(key, fresh, kind)
+
+    def exchange(self, key: str, fresh: torch.Tensor, kind: str) -> torch.Tensor:
+        """:meth:`gather` stacked into a new ``[n, *fresh.shape]`` tensor, then :meth:`post`."""
+        out = torch.stack(self.gather(key, fresh, kind), 0)
+        self.post(key, fresh, kind)
         return out
 
 
@@ -83,11 +93,13 @@ def _halo(state: PatchState, key: str, x: torch.Tensor, p: int) -> torch.Tensor:
     if x.shape[2] < p:
         raise RuntimeError(f"{key}: band of {x.shape[2]} rows is thinner than the conv halo of {p} rows")
     boundary = torch.cat([x[:, :, :p], x[:, :, -p:]], dim=2)
-    g = state.exchange(key, boundary, "conv_halo")
+    g = state.gather(key, boundary, "conv_halo")
     r, n = state.rank, state.n
     top = g[r - 1][:, :, p:] if r > 0 else torch.zeros_like(x[:, :, :p])
     bottom = g[r + 1][:, :, :p] if r < n - 1 else torch.zeros_like(x[:, :, :p])
-    return torch.cat([top, x, bottom], dim=2)
+    out = torch.cat([top, x, bottom], dim=2)  # copies the halo out of the receive buffer
+    state.post(key, boundary, "conv_halo")
+    return out
 
 
 def _conv_rows_unpadded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -150,9 +162,14 @@ class PatchGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gn, st = self.gn, self.state
         B, C = x.shape[:2]
-        xg = x.reshape(B, gn.num_groups, -1)
+        G = gn.num_groups
+        xg = x.reshape(B, G, -1)
         xs = xg.float() if x.dtype in (torch.float16, torch.bfloat16) else xg
-        fresh = torch.stack([xs.mean(-1), (xs * xs).mean(-1)], 0)  # [2, B, G]
+        # sum and sum of squares (as a norm: torch.var_mean is ~10x slower on CPU for this layout)
+        numel = xs.shape[-1]
+        fresh = (
+            torch.stack([xs.sum(-1), torch.linalg.vector_norm(xs, dim=-1).square()], 0) / numel
+        )  # [2, B, G]
         mode = st.mode
         if st.phase == "async" and mode == "separate_gn":
             stats = fresh
@@ -165,16 +182,17 @@ class PatchGroupNorm(nn.Module):
             stats = stale.mean(0)
             b.send(self.key, fresh, "gn_stats")
         else:
-            g = st.exchange(self.key, fresh, "gn_stats")
-            stats = g.mean(0)
+            stats = st.exchange(self.key, fresh, "gn_stats").mean(0)
         mean, meansq = stats[0], stats[1]
-        var = (meansq - mean * mean).clamp_min(0)
-        y = (xs - mean.unsqueeze(-1)) * torch.rsqrt(var.unsqueeze(-1) + gn.eps)
-        y = y.to(x.dtype).reshape(x.shape)
+        rstd = torch.rsqrt((meansq - mean * mean).clamp_min(0) + gn.eps)  # [B, G]
+        # y = x * scale + shift with per-(sample, channel) scale and shift: two passes over the band
+        scale = rstd.repeat_interleave(C // G, dim=1)  # [B, C]
+        shift = -mean.repeat_interleave(C // G, dim=1) * scale
         if gn.affine:
-            shape = (1, C) + (1,) * (x.ndim - 2)
-            y = y * gn.weight.view(shape) + gn.bias.view(shape)
-        return y
+            w, bias = gn.weight.to(scale.dtype), gn.bias.to(scale.dtype)
+            scale, shift = scale * w, shift * w + bias
+        shape = (B, C) + (1,) * (x.ndim - 2)
+        return (x * scale.to(x.dtype).view(shape)).add_(shift.to(x.dtype).view(shape))
 
 
 class PatchSelfAttnProcessor:
@@ -203,13 +221,15 @@ class PatchSelfAttnProcessor:
         B = hidden_states.shape[0]
         q = attn.to_q(hidden_states)
         kv = torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], dim=-1)  # [B, L, 2D]
-        full = self.state.exchange(self.key, kv, "attn_kv")  # [n, B, L, 2D]
-        full = full.permute(1, 0, 2, 3).reshape(B, -1, kv.shape[-1])  # bands in row order
+        full = torch.cat(
+            self.state.gather(self.key, kv, "attn_kv"), dim=1
+        )  # [B, n L, 2D], bands in row order
+        self.state.post(self.key, kv, "attn_kv")
         k, v = full.chunk(2, dim=-1)
         d = q.shape[-1] // attn.heads
         q = q.view(B, -1, attn.heads, d).transpose(1, 2)
-        k = k.reshape(B, -1, attn.heads, d).transpose(1, 2)
-        v = v.reshape(B, -1, attn.heads, d).transpose(1, 2)
+        k = k.view(B, -1, attn.heads, d).transpose(1, 2)
+        v = v.view(B, -1, attn.heads, d).transpose(1, 2)
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
