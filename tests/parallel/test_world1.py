@@ -1,12 +1,17 @@
-"""At world size 1 every patch strategy is the stock UNet: bit-for-bit equal images."""
+"""At world size 1 the framework adds nothing: strategy none and the patch strategies give the stock image bit for bit.
+
+(tests/unit/test_models.py checks that the stock image equals a plain diffusers pipeline built from the same
+components, bit for bit.)
+"""
 
 from __future__ import annotations
 
 import torch
 
 
-def test_naive_and_displaced_at_world_size_1_equal_single_device_bit_for_bit(single_pool):
+def test_none_naive_and_displaced_at_world_size_1_equal_single_device_bit_for_bit(single_pool):
     runs = [
+        {"target": "distri.parallel.base:apply_none"},
         {"target": "distri.parallel.naive_patch:apply", "params": {"split_scheme": "alternate"}},
         {"target": "distri.parallel.displaced_patch:apply", "params": {}},
     ]
