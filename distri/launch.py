@@ -233,6 +233,9 @@ class WorkerPool:
             if p.is_alive():
                 p.kill()
                 p.join(1)
+        for q in (*self._task_qs, self._result_q):  # release the queues' pipes and semaphores now
+            q.cancel_join_thread()
+            q.close()
         self._closed = True
 
     def _fail(self, msg: str, rank: int | None, tb: str | None) -> None:
