@@ -1,15 +1,12 @@
 """Load job records from ``results.jsonl`` files into flat dicts or a pandas DataFrame.
 
-Only the standard library is needed, except for :func:`to_dataframe` (pandas). This module deliberately does
-not import ``distri`` (so analysis works without torch); its JSONL reading matches
-:func:`distri.logging.read_results`.
+Only the standard library and ``distri.logging`` (which imports no torch) are needed, except for
+:func:`to_dataframe` (pandas). JSONL reading is :func:`distri.logging.read_results`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,16 +26,9 @@ def find_results_files(path_or_dir: str | os.PathLike) -> list[Path]:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Parse one JSON object per line, skipping blank lines and (with a warning) lines that are not JSON."""
-    records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                warnings.warn(f"{path}:{lineno}: skipping invalid JSON line ({e})", stacklevel=2)
-    return records
+    from distri.logging import read_results  # torch-free
+
+    return read_results(path)
 
 
 def load_results(path_or_dir: str | os.PathLike) -> list[dict[str, Any]]:

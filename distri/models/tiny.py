@@ -153,36 +153,6 @@ _SPECS: dict[str, dict[str, Any]] = {
         "tokenizer_2": {"pad_token": "!"},
         "scheduler": {"_class_name": "EulerDiscreteScheduler", **_SCHEDULER_COMMON},
     },
-    # SDXL's proportions at a small scale, for speed measurements: head dim 64 and channels growing 1:2:4 as in
-    # SDXL, so attention is a realistic share of the step (the tiny models' 8-wide heads make it dominate).
-    # One CFG step at 256x256 takes ~0.27 s on one CPU thread. 31 M UNet parameters.
-    "small_sdxl": {
-        "family": "sdxl",
-        "unet": {
-            "sample_size": TINY_RESOLUTION // 8,
-            "in_channels": 4,
-            "out_channels": 4,
-            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-            "block_out_channels": [64, 128, 256],
-            "layers_per_block": 2,
-            "attention_head_dim": [1, 2, 4],
-            "transformer_layers_per_block": [1, 1, 2],
-            "norm_num_groups": 32,
-            "cross_attention_dim": 64,
-            "use_linear_projection": True,
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": 8,
-            "projection_class_embeddings_input_dim": 6 * 8 + 32,
-            "upcast_attention": False,
-        },
-        "vae": {"scaling_factor": 0.13025},
-        "text_encoder": _text_config(32, 3, 4, "quick_gelu", 32),
-        "text_encoder_2": _text_config(32, 3, 4, "gelu", 32),
-        "tokenizer": {"pad_token": EOS},
-        "tokenizer_2": {"pad_token": "!"},
-        "scheduler": {"_class_name": "EulerDiscreteScheduler", **_SCHEDULER_COMMON},
-    },
     "tiny_sd15": {
         "family": "sd",
         "unet": {
@@ -211,6 +181,14 @@ _SPECS: dict[str, dict[str, Any]] = {
         "scheduler": {"_class_name": "DDIMScheduler", **_SCHEDULER_COMMON},
     },
 }
+
+# SDXL's proportions at a small scale, for speed measurements: head dim 64 and channels growing 1:2:4 as in
+# SDXL, so attention is a realistic share of the step (the tiny models' 8-wide heads make it dominate).
+# One CFG step at 256x256 takes ~0.27 s on one CPU thread. 31 M UNet parameters. Otherwise tiny_sdxl.
+_SPECS["small_sdxl"] = json.loads(json.dumps(_SPECS["tiny_sdxl"]))
+_SPECS["small_sdxl"]["unet"].update(
+    block_out_channels=[64, 128, 256], attention_head_dim=[1, 2, 4], norm_num_groups=32
+)
 
 _VAE_COMMON: dict[str, Any] = {
     "in_channels": 3,
