@@ -79,6 +79,7 @@ class DisplacedPatchConfig(StrategyConfig):
 class TensorConfig(StrategyConfig):
     _target_: str = "distri.parallel.tensor.apply"
     name: str = "tensor"
+    free_full: bool = False  # drop the unsharded layers (needs metrics.compare_to_original=false)
 
 
 @dataclass
@@ -258,6 +259,11 @@ def validate(cfg: dict[str, Any]) -> None:
             )
         if s.get("bucket_mb", 1) <= 0:
             p.append(f"strategy.bucket_mb must be > 0, got {s.get('bucket_mb')}")
+    if s.get("free_full") and cfg["metrics"]["compare_to_original"]:
+        p.append(
+            "strategy.free_full=true drops the full layers, so the single-device comparison cannot run: "
+            "also set metrics.compare_to_original=false"
+        )
     latent = _latent_sizes(cfg, p)
     _check_parallel(cfg, latent, p)
     r = cfg["runner"]

@@ -90,6 +90,7 @@ BAD = [
     (["runner.timed_runs=0"], "runner.timed_runs must be >= 1"),
     (["prompts=coco", "prompts.path=/nonexistent/captions.json"], "COCO captions file"),
     (["logger.mode=cloud"], "unknown logger.mode 'cloud'"),
+    (["strategy=tensor", "strategy.free_full=true"], "also set metrics.compare_to_original=false"),
     (
         ["model=tiny_sd15", "world_size=4", "height=128", "width=128"],
         "world sizes that work at 128 px: [1, 2]",
