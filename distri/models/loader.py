@@ -4,10 +4,17 @@ Tiny models are built by :func:`distri.models.tiny.build_tiny` and then read bac
 the same code path as real weights. Real weights are read from a local folder or the Hugging Face cache; the
 hub is only contacted when ``HF_HUB_OFFLINE`` is not set and the weights are not cached. When they cannot be
 found, :class:`ModelNotFoundError` says how to fetch them; there is no silent fallback to another model.
+
+Pipelines load with low host memory (:func:`placement_kwargs`): ``low_cpu_mem_usage=True`` builds the modules
+empty and assigns the checkpoint's tensors (no random initialisation, no second copy), and ``device_map`` set
+to the target device type sends each component's weights from the checkpoint straight to that device instead
+of through host memory (both use ``accelerate``; a diffusers too old for device-type maps loads into host
+memory and the pipeline is moved afterwards).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +39,30 @@ try:  # newer diffusers name the from_pretrained dtype argument `dtype` and depr
     _DTYPE_KWARG = "dtype"
 except ImportError:
     _DTYPE_KWARG = "torch_dtype"
+
+
+def _device_maps() -> tuple[str, ...]:
+    """Device types diffusers accepts as a pipeline ``device_map`` (it places every component there)."""
+    try:
+        from diffusers.pipelines.pipeline_utils import SUPPORTED_DEVICE_MAP
+    except ImportError:
+        return ()
+    return tuple(m for m in SUPPORTED_DEVICE_MAP if m != "balanced")
+
+
+def placement_kwargs(device: torch.device | str) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load with low host memory, straight onto ``device`` where supported."""
+    kwargs: dict[str, Any] = {"low_cpu_mem_usage": True}
+    dev_type = torch.device(device).type
+    if dev_type in _device_maps():
+        kwargs["device_map"] = dev_type  # "cuda": the current device, set by _on(device) while loading
+    return kwargs
+
+
+def _on(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Make ``device`` the current CUDA device while loading (a no-op elsewhere)."""
+    dev = torch.device(device)
+    return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
 
 
 class ModelNotFoundError(RuntimeError):
@@ -69,6 +100,27 @@ def _not_found(model_id: str, revision: str | None, reason: str, local: bool = F
     )
 
 
+def check_available(model_cfg: Mapping[str, Any]) -> None:
+    """Before any worker starts: raise :class:`ModelNotFoundError` (short, naming the model and the download
+    command) when real weights are neither a local folder nor in the Hugging Face cache and the hub is off
+    limits (``HF_HUB_OFFLINE``). Online, a missing model is left to the download."""
+    if _get(model_cfg, "source") != "hub" or not _get(model_cfg, "id"):
+        return
+    model_id, revision = str(model_cfg["id"]), _get(model_cfg, "revision")
+    if _looks_local(model_id):
+        if not (Path(model_id).expanduser() / "model_index.json").is_file():
+            raise _not_found(model_id, None, "no model_index.json there", local=True)
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model_id, "model_index.json", _get(model_cfg, "cache_dir"), revision)
+    except ValueError as e:  # not a valid hub id either
+        raise _not_found(model_id, revision, str(e)) from None
+    if not isinstance(cached, str) and _offline():
+        raise _not_found(model_id, revision, "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+
+
 def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     value = cfg.get(key, default)
     return default if value is None else value
@@ -82,13 +134,14 @@ def load_pipeline(
     """Load the pipeline described by ``model_cfg`` and move it to ``device`` / ``dtype``.
 
     ``model_cfg`` keys: ``name`` (tiny_sdxl | tiny_sd15 | sdxl | sd15 | sd21), ``family`` ("sdxl" | "sd"),
-    ``source`` ("tiny" | "hub"), ``id`` (hub id or local folder; ignored for tiny), ``revision``, ``variant``
-    (e.g. "fp16") and ``cache_dir`` (tiny: where tiny models are built; hub: the Hugging Face cache dir).
+    ``source`` ("tiny" | "hub"), ``id`` (hub id or local folder; unused for tiny), ``revision``, ``variant``
+    (e.g. "fp16"), ``cache_dir`` (tiny: where tiny models are built; hub: the Hugging Face cache dir) and
+    ``allow_pickle`` (default false: only ``.safetensors`` weights load; true also accepts pickled ``.bin``).
 
     Returns a stock ``StableDiffusionXLPipeline`` (family "sdxl") or ``StableDiffusionPipeline`` (family "sd",
-    safety checker disabled). The SDXL invisible watermark is off (images do not depend on whether the
-    ``invisible-watermark`` package is installed). The denoising progress bar is disabled and loading progress
-    bars are hidden.
+    safety checker disabled), loaded with low host memory straight onto ``device`` (:func:`placement_kwargs`).
+    The SDXL invisible watermark is off (images do not depend on whether the ``invisible-watermark`` package
+    is installed). The denoising progress bar is disabled and loading progress bars are hidden.
 
     Real weights: a local folder is loaded directly; a hub id is first looked up in the local cache only, and
     only if it is missing there and ``HF_HUB_OFFLINE`` is not set is the hub asked.
@@ -103,7 +156,9 @@ def load_pipeline(
     if source not in SOURCES:
         raise ValueError(f"model.source must be one of {list(SOURCES)}, got {source!r}")
     pipe_cls = FAMILIES[family]
-    kwargs: dict[str, Any] = {_DTYPE_KWARG: dtype}
+    kwargs: dict[str, Any] = {_DTYPE_KWARG: dtype, **placement_kwargs(device)}
+    if not _get(model_cfg, "allow_pickle", False):
+        kwargs["use_safetensors"] = True  # pickled weights can run code on load: refused unless asked for
     if family == "sdxl":
         kwargs["add_watermarker"] = False
     else:
@@ -114,14 +169,14 @@ def load_pipeline(
         if spec_family != family:
             raise ValueError(f"tiny model {name!r} is of family {spec_family!r}, not {family!r}")
         path = build_tiny(name, _get(model_cfg, "cache_dir"))
-        with quiet_progress_bars():
+        with quiet_progress_bars(), _on(device):
             pipe = pipe_cls.from_pretrained(str(path), **kwargs)
     else:
-        with quiet_progress_bars():
+        with quiet_progress_bars(), _on(device):
             pipe = _load_real(pipe_cls, model_cfg, kwargs)
 
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)  # the dtype was applied by from_pretrained
+    return pipe.to(device)  # already there with a device_map; the dtype was applied by from_pretrained
 
 
 def _load_real(

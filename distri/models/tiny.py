@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from distri.models.tokenizer import BOS, EOS, MERGE_WORDS, MODEL_MAX_LENGTH, build_tokenizer
+
 TINY_MODELS: tuple[str, ...] = ("tiny_sdxl", "tiny_sd15")
 """The tiny models (tests and the default run use them)."""
 
@@ -52,43 +54,6 @@ TINY_RESOLUTION = 256
 _BUILD_VERSION = 1
 _MARKER = "distri_tiny.json"
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"
-MODEL_MAX_LENGTH = 77
-
-# A few frequent English pieces, merged left to right; every merge joins two symbols that already exist.
-_MERGE_WORDS = (
-    "the",
-    "and",
-    "of",
-    "in",
-    "on",
-    "with",
-    "at",
-    "to",
-    "is",
-    "photo",
-    "cat",
-    "dog",
-    "red",
-    "blue",
-    "sky",
-    "city",
-    "sunset",
-    "painting",
-    "street",
-    "mountain",
-    "water",
-    "table",
-    "man",
-    "woman",
-    "people",
-    "sitting",
-    "standing",
-    "ing",
-    "er",
-    "es",
-)
 
 _SCHEDULER_COMMON: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -231,65 +196,11 @@ def _fingerprint(spec: dict[str, Any]) -> str:
             "spec": spec,
             "seeds": _SEEDS,
             "conv_out_gain": _CONV_OUT_GAIN,
-            "merge_words": _MERGE_WORDS,
+            "merge_words": MERGE_WORDS,
         },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable stand-ins byte-level BPE uses for bytes, in GPT-2/CLIP order (byte value order of
-    the printable ranges first, then the remaining bytes mapped above U+0100)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    symbols = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in symbols:
-            symbols[b] = chr(256 + extra)
-            extra += 1
-    rest = [b for b in range(256) if b not in set(printable)]
-    return [symbols[b] for b in printable + rest]
-
-
-def _tokenizer_files() -> tuple[dict[str, int], list[str]]:
-    """Vocabulary (token -> id) and merge list of the tiny byte-level BPE tokenizer."""
-    base = _bytes_to_unicode()
-    tokens = base + [s + "</w>" for s in base]
-    known = set(tokens)
-    merges: list[str] = []
-    for word in _MERGE_WORDS:
-        # Merge the word left to right: ((w o) r) d</w>; each step joins the current prefix with the next symbol.
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        prefix = symbols[0]
-        for sym in symbols[1:]:
-            merged = prefix + sym
-            if merged not in known:
-                merges.append(f"{prefix} {sym}")
-                tokens.append(merged)
-                known.add(merged)
-            prefix = merged
-    tokens += [BOS, EOS]
-    return {tok: i for i, tok in enumerate(tokens)}, merges
-
-
-def _build_tokenizer(workdir: Path, pad_token: str):
-    from transformers import CLIPTokenizer
-
-    vocab, merges = _tokenizer_files()
-    workdir.mkdir(parents=True, exist_ok=True)
-    vocab_file, merges_file = workdir / "vocab.json", workdir / "merges.txt"
-    vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return CLIPTokenizer(
-        str(vocab_file),
-        str(merges_file),
-        unk_token=EOS,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=pad_token,
-        model_max_length=MODEL_MAX_LENGTH,
-    )
 
 
 @contextlib.contextmanager
@@ -328,7 +239,7 @@ def build_components(name: str, workdir: str | os.PathLike) -> dict[str, Any]:
     components: dict[str, Any] = {"unet": unet, "vae": vae, "scheduler": scheduler}
     suffixes = ["", "_2"] if spec["family"] == "sdxl" else [""]
     for suffix in suffixes:
-        tokenizer = _build_tokenizer(workdir / f"tokenizer{suffix}", spec[f"tokenizer{suffix}"]["pad_token"])
+        tokenizer = build_tokenizer(workdir / f"tokenizer{suffix}", spec[f"tokenizer{suffix}"]["pad_token"])
         vocab = tokenizer.get_vocab()
         text_cfg = CLIPTextConfig(
             **spec[f"text_encoder{suffix}"],
@@ -363,14 +274,27 @@ def quiet_progress_bars() -> Iterator[None]:
                 mod.enable_progress_bar()
 
 
+def _checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` but the marker, by relative path."""
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != _MARKER:
+            with f.open("rb") as fh:
+                out[f.relative_to(folder).as_posix()] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return out
+
+
 def _is_complete(path: Path, fingerprint: str) -> bool:
+    """A build of this spec whose files all match the checksums in its marker (a truncated or edited file,
+    e.g. from a killed copy or a full disk, makes it incomplete, so it is rebuilt)."""
     marker = path / _MARKER
     if not (marker.is_file() and (path / "model_index.json").is_file()):
         return False
     try:
-        return json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        meta = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
+    return meta.get("fingerprint") == fingerprint and meta.get("files") == _checksums(path)
 
 
 def build_tiny(name: str, cache_dir: str | None = None) -> Path:
@@ -380,7 +304,8 @@ def build_tiny(name: str, cache_dir: str | None = None) -> Path:
     :func:`default_cache_dir`). If that folder already holds a complete build of the current spec it is returned
     as is. Safe for concurrent callers: a ``FileLock`` serialises builders, and each build is written into a
     temporary folder next to the target and renamed into place, so readers never see a partial folder. A folder
-    left by a different spec (the config dicts changed) is replaced.
+    left by a different spec (the config dicts changed), or whose files no longer match the sha256 checksums
+    in its marker, is rebuilt; temporary folders left by a killed build are removed.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -394,6 +319,8 @@ def build_tiny(name: str, cache_dir: str | None = None) -> Path:
     with FileLock(str(root / f".{name}.lock")):
         if _is_complete(target, fingerprint):
             return target
+        for leftover in root.glob(f".{name}.tmp-*"):  # a killed build's (no builder holds the lock now)
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             components = build_components(name, tmp / "_tokenizer_src")
@@ -413,6 +340,7 @@ def build_tiny(name: str, cache_dir: str | None = None) -> Path:
                 "fingerprint": fingerprint,
                 "torch": torch.__version__,
                 "diffusers": diffusers.__version__,
+                "files": _checksums(out),
             }
             (out / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             if target.exists():  # a stale or foreign folder: move it aside, then delete it

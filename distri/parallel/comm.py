@@ -1,12 +1,11 @@
 """Collectives that record themselves in the communication ledger.
 
 All helpers take a ``group`` (a ``torch.distributed`` process group, or ``None`` for a single-rank group) and
-a ledger ``kind`` (see :data:`distri.parallel.ledger.KINDS`). They run on gloo (CPU) and NCCL (CUDA) alike.
+a ledger ``kind`` (a name such as ``conv_halo``; the ledger groups by it). They run on gloo (CPU) and NCCL (CUDA)
+alike, and gather with ``all_gather_single`` straight into one output tensor (no per-rank list, no copy).
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 import torch.distributed as dist
@@ -20,36 +19,33 @@ def group_size(group) -> int:
     return dist.get_world_size(group)
 
 
-def group_rank(group) -> int:
-    if group is None or not dist.is_available() or not dist.is_initialized():
-        return 0
-    return dist.get_rank(group)
-
-
 def _all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group, async_op: bool):
-    """Gather ``inp`` (flat, contiguous) of every rank into ``out`` (``n * inp.numel()`` elements)."""
+    """Gather ``inp`` (contiguous) of every rank into ``out`` (``n * inp.numel()`` elements, rank-major);
+    ``inp`` may be ``out``'s own slot (in place)."""
+    return dist.all_gather_single(out.view(-1), inp.view(-1), group=group, async_op=async_op)
+
+
+def all_gather_stack(tensor: torch.Tensor, group, ledger: CommLedger | None, kind: str) -> torch.Tensor:
+    """Blocking all-gather; returns ``[n, *tensor.shape]`` in rank order (one new tensor, no further copy)."""
     n = group_size(group)
-    chunks = list(out.view(n, -1).unbind(0))
-    return dist.all_gather(chunks, inp, group=group, async_op=async_op)
+    if n == 1:
+        return tensor.unsqueeze(0)
+    inp = tensor.contiguous()
+    out = torch.empty((n, *inp.shape), dtype=inp.dtype, device=inp.device)
+    with CommLedger.waiting(ledger, kind, inp.device):
+        _all_gather_flat(out, inp, group, async_op=False)
+    if ledger is not None:
+        ledger.record(kind, "all_gather", inp.numel(), n, inp.element_size())
+    return out
 
 
 def all_gather(
     tensor: torch.Tensor, group, ledger: CommLedger | None, kind: str, dim: int = 0
 ) -> torch.Tensor:
     """Blocking all-gather; returns the rank-ordered concatenation along ``dim``."""
-    n = group_size(group)
-    if n == 1:
+    if group_size(group) == 1:
         return tensor
-    t0 = time.perf_counter()
-    inp = tensor.contiguous().reshape(-1)
-    out = torch.empty(n * inp.numel(), dtype=inp.dtype, device=inp.device)
-    _all_gather_flat(out, inp, group, async_op=False)
-    parts = out.view(n, *tensor.shape).unbind(0)
-    res = torch.cat(parts, dim=dim)
-    if ledger is not None:
-        ledger.record(kind, "all_gather", inp.numel(), n, inp.element_size())
-        ledger.add_wait(kind, time.perf_counter() - t0)
-    return res
+    return torch.cat(all_gather_stack(tensor, group, ledger, kind).unbind(0), dim=dim)
 
 
 def all_reduce(tensor: torch.Tensor, group, ledger: CommLedger | None, kind: str) -> torch.Tensor:
@@ -57,12 +53,60 @@ def all_reduce(tensor: torch.Tensor, group, ledger: CommLedger | None, kind: str
     n = group_size(group)
     if n == 1:
         return tensor
-    t0 = time.perf_counter()
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    with CommLedger.waiting(ledger, kind, tensor.device):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     if ledger is not None:
         ledger.record(kind, "all_reduce", tensor.numel(), n, tensor.element_size())
-        ledger.add_wait(kind, time.perf_counter() - t0)
     return tensor
+
+
+class GatheredBuffer:
+    """A persistent ``[B, n, *shape]`` buffer that every rank fills in place: rank ``r`` writes its own part
+    into ``buffer[:, r]`` and one all-gather per batch element fills the other ranks' parts.
+
+    Used for the keys/values of displaced patch parallelism: ``buffer[b]`` is ``[n, *shape]`` contiguous, so the
+    whole image's keys/values of sample ``b`` are a view, with no concatenation. :meth:`exchange` gathers
+    blocking (synchronous steps); :meth:`launch` starts the gathers asynchronously for the next step and
+    :meth:`wait` (call it before writing this rank's part again) finishes them.
+    """
+
+    def __init__(self, group, ledger: CommLedger | None, kind: str, rank: int) -> None:
+        self.group, self.ledger, self.kind, self.rank = group, ledger, kind, rank
+        self.n = group_size(group)
+        self.buffer: torch.Tensor | None = None
+        self._handles: list = []
+
+    def own(self, batch: int, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+        """This rank's ``[B, *shape]`` part (allocates the buffer on first use or when the shape changes)."""
+        self.wait()
+        want = (batch, self.n, *shape)
+        if self.buffer is None or tuple(self.buffer.shape) != want or self.buffer.dtype != dtype:
+            self.buffer = torch.empty(want, dtype=dtype, device=device)
+        return self.buffer[:, self.rank]
+
+    def _gather(self, async_op: bool) -> list:
+        buf = self.buffer
+        handles = []
+        for b in range(len(buf)):
+            handles.append(_all_gather_flat(buf[b], buf[b, self.rank], self.group, async_op))
+            if self.ledger is not None:
+                self.ledger.record(self.kind, "all_gather", buf[b, 0].numel(), self.n, buf.element_size())
+        return handles
+
+    def exchange(self) -> torch.Tensor:
+        with CommLedger.waiting(self.ledger, self.kind, self.buffer.device):
+            self._gather(async_op=False)
+        return self.buffer
+
+    def launch(self) -> None:
+        self._handles = self._gather(async_op=True)
+
+    def wait(self) -> None:
+        if self._handles:
+            with CommLedger.waiting(self.ledger, self.kind, self.buffer.device):
+                for h in self._handles:
+                    h.wait()
+            self._handles = []
 
 
 class AsyncBuckets:
@@ -171,19 +215,14 @@ class AsyncBuckets:
         self._pending.clear()
         self._has_data = False
 
-    def has(self, key: str) -> bool:
-        return key in self.layout
-
     def recv(self, key: str) -> torch.Tensor:
         """The ``[n, *shape]`` tensors every rank sent under ``key`` at the last completed step."""
         b, off, shape, kind = self.layout[key]
         h = self.handles[b]
         if h is not None:
-            t0 = time.perf_counter()
-            h.wait()
+            with CommLedger.waiting(self.ledger, kind, self.recv_bufs[b].device):
+                h.wait()
             self.handles[b] = None
-            if self.ledger is not None:
-                self.ledger.add_wait(kind, time.perf_counter() - t0)
         size = self.bucket_sizes[b]
         numel = 1
         for s in shape:

@@ -17,6 +17,7 @@ every collective helper in :mod:`distri.parallel.comm` degenerates to a local co
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 
 import torch
@@ -68,10 +69,12 @@ def make_context(
     device: torch.device,
     backend: str,
     cfg_size: int = 1,
+    timeout: datetime.timedelta | None = None,
 ) -> ParallelContext:
     """Build the context and its sub-groups. Every rank must call this, in the same order.
 
-    ``torch.distributed`` must already be initialised when ``world_size > 1``.
+    ``torch.distributed`` must already be initialised when ``world_size > 1``. ``timeout``: the sub-groups'
+    (``new_group`` does not inherit the world's; torch's default is 30 minutes).
     """
     if cfg_size not in (1, 2):
         raise ValueError(f"cfg_size must be 1 or 2, got {cfg_size}")
@@ -84,14 +87,14 @@ def make_context(
     # new_group is collective over the whole world: every rank creates every group in the same order.
     for c in range(cfg_size):
         ranks = list(range(c * par, (c + 1) * par))
-        g = dist.new_group(ranks) if len(ranks) < world_size else dist.group.WORLD
-        ga = dist.new_group(ranks)
+        g = dist.new_group(ranks, timeout=timeout) if len(ranks) < world_size else dist.group.WORLD
+        ga = dist.new_group(ranks, timeout=timeout)
         if rank in ranks:
             ctx.par_group, ctx.par_async_group = g, ga
     if cfg_size > 1:
         for p in range(par):
             ranks = [c * par + p for c in range(cfg_size)]
-            g = dist.new_group(ranks) if len(ranks) < world_size else dist.group.WORLD
+            g = dist.new_group(ranks, timeout=timeout) if len(ranks) < world_size else dist.group.WORLD
             if rank in ranks:
                 ctx.cfg_group = g
     return ctx

@@ -7,15 +7,19 @@ Byte counts follow the DistriFusion paper's convention (Table 2):
 * an all-reduce of a tensor of ``s`` elements over ``n`` ranks moves ``s * (n - 1) / n * 2 * esize`` bytes
   (a ring all-reduce: reduce-scatter plus all-gather, per rank).
 
-Counts are per rank (this process's view). ``wait_s`` is wall time this rank spent blocked on the collective:
-the whole call for blocking collectives, only the ``wait()`` for asynchronous ones.
+Counts are per rank (this process's view). ``wait_s`` is the time this rank spent blocked on the collective:
+the whole call for blocking collectives, only the ``wait()`` for asynchronous ones. On CPU it is host wall time;
+on CUDA the host does not block (NCCL enqueues and returns), so it is measured with CUDA events on the compute
+stream around the collective (what the stream waited), read once the step's work has finished.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-
-KINDS = ("conv_halo", "attn_kv", "gn_stats", "output_gather", "tp_allreduce", "cfg_gather")
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 def allgather_bytes(elements_per_rank: int, n: int, esize: int) -> float:
@@ -31,17 +35,44 @@ class CommLedger:
 
     def __init__(self) -> None:
         self.step = 0
-        self.enabled = True
         self._rec: dict[tuple[int, str], dict[str, float]] = defaultdict(
             lambda: {"calls": 0, "elements": 0, "bytes": 0.0, "wait_s": 0.0}
         )
+        self._events: list[tuple[int, str, Any, Any]] = []  # CUDA (step, kind, start, end), read lazily
 
     def reset(self) -> None:
         self.step = 0
         self._rec.clear()
+        self._events.clear()
+
+    @staticmethod
+    @contextmanager
+    def waiting(ledger: CommLedger | None, kind: str, device: Any) -> Iterator[None]:
+        """Time the enclosed wait on a collective into ``ledger`` (if any): CUDA events on CUDA, else host time."""
+        if ledger is None:
+            yield
+            return
+        if getattr(device, "type", device) == "cuda":
+            import torch
+
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            ledger._events.append((ledger.step, kind, start, end))
+            return
+        t0 = time.perf_counter()
+        yield
+        ledger._rec[(ledger.step, kind)]["wait_s"] += time.perf_counter() - t0
+
+    def _read_events(self) -> None:
+        for step, kind, start, end in self._events:
+            end.synchronize()
+            self._rec[(step, kind)]["wait_s"] += start.elapsed_time(end) / 1000.0
+        self._events.clear()
 
     def record(self, kind: str, op: str, elements: int, n: int, esize: int) -> None:
-        if not self.enabled or n <= 1:
+        if n <= 1:
             return
         r = self._rec[(self.step, kind)]
         r["calls"] += 1
@@ -53,14 +84,8 @@ class CommLedger:
         else:
             raise ValueError(f"unknown collective {op!r}")
 
-    def add_wait(self, kind: str, seconds: float) -> None:
-        if self.enabled:
-            self._rec[(self.step, kind)]["wait_s"] += seconds
-
-    def steps(self) -> list[int]:
-        return sorted({s for s, _ in self._rec})
-
     def per_step(self) -> dict[int, dict[str, dict[str, float]]]:
+        self._read_events()
         out: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
         for (s, k), v in sorted(self._rec.items()):
             out[s][k] = dict(v)
@@ -73,6 +98,7 @@ class CommLedger:
         num_steps - 1`` (the runner skips displaced patch's synchronous warm-up steps, ``warmup_steps + 1`` of
         them); when every step is skipped it averages over all.
         """
+        self._read_events()
         steady = [s for s in range(num_steps) if s >= skip_steps] or list(range(num_steps))
         n = max(len(steady), 1)
         by_kind: dict[str, dict[str, float]] = {}

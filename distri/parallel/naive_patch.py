@@ -1,33 +1,52 @@
 """Naive patch parallelism: every rank denoises its own patch of the latent, independently.
 
-Patches never see each other (no communication inside the UNet); only the noise prediction is gathered at the
-end of each step (ledger kind ``output_gather``). ``split_scheme``: ``row`` (bands of rows), ``col`` (bands of
-columns) or ``alternate`` (rows on even steps, columns on odd ones: the baseline of the DistriFusion paper).
+Patches never see each other (no communication inside the denoiser); only the noise prediction is gathered at
+the end of each step (ledger kind ``output_gather``). ``split_scheme``: ``row`` (bands of rows), ``col`` (bands
+of columns) or ``alternate`` (rows on even steps, columns on odd ones: the baseline of the DistriFusion paper).
 Fast, but seams and duplicated content appear at the patch borders.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
 from distri.parallel import comm
-from distri.parallel.base import StrategyHandle, check_patch_split, unet_downsamples
+from distri.parallel.base import StrategyHandle
 from distri.parallel.context import ParallelContext
+from distri.parallel.geometry import PatchStrategy, check_patch_split
 
-SPLIT_SCHEMES = ("row", "col", "alternate")
+SplitScheme = Literal["row", "col", "alternate"]
+
+
+@dataclass
+class NaivePatch(PatchStrategy):
+    """Naive patch parallelism (no exchange inside the denoiser)."""
+
+    name = "naive_patch"
+
+    split_scheme: SplitScheme = "alternate"
+    """row | col | alternate (rows on even steps, columns on odd: the paper's baseline)."""
+
+    def split_dims(self) -> tuple[int, ...]:
+        return {"row": (2,), "col": (3,)}.get(self.split_scheme, (2, 3))
+
+    def apply(self, denoiser: nn.Module, ctx: ParallelContext) -> NaivePatchHandle:
+        return NaivePatchHandle(denoiser, ctx, self.split_scheme, self.cfg_split)
 
 
 class NaivePatchHandle(StrategyHandle):
-    name = "naive_patch"
     exact = False
 
-    def __init__(self, unet: nn.Module, ctx: ParallelContext, split_scheme: str, cfg_split: bool) -> None:
-        if split_scheme not in SPLIT_SCHEMES:
-            raise ValueError(f"unknown split_scheme {split_scheme!r}; valid: {', '.join(SPLIT_SCHEMES)}")
+    def __init__(
+        self, unet: nn.Module, ctx: ParallelContext, split_scheme: SplitScheme, cfg_split: bool
+    ) -> None:
         super().__init__(unet, ctx, cfg_split=cfg_split)
         self.split_scheme = split_scheme
-        self.downsamples = unet_downsamples(unet)
+        self.downsamples = self.adapter.downsamples
 
     def _dim(self) -> int:
         if self.split_scheme == "alternate":
@@ -47,6 +66,9 @@ class NaivePatchHandle(StrategyHandle):
         return comm.all_gather(out, self.ctx.par_group, self.ctx.ledger, "output_gather", dim=self._dim())
 
 
-def apply(unet: nn.Module, ctx: ParallelContext, split_scheme: str = "row", cfg_split: bool = False):
-    """Apply naive patch parallelism over ``ctx.par_group``; ``handle.remove()`` restores the UNet."""
-    return NaivePatchHandle(unet, ctx, split_scheme, cfg_split)
+STRATEGY = NaivePatch
+
+
+def apply(denoiser: nn.Module, ctx: ParallelContext, **params) -> NaivePatchHandle:
+    """``NaivePatch(**params).apply(denoiser, ctx)``; ``handle.remove()`` restores the denoiser."""
+    return NaivePatch(**params).apply(denoiser, ctx)

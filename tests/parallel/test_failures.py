@@ -14,14 +14,14 @@ def test_worker_that_raises_ends_the_pool_with_its_traceback():
     pool = make_pool(2)
     t0 = time.monotonic()
     with pytest.raises(WorkerError) as ei:
-        pool.run("distri.testing:fail_on_rank", rank=1, message="planned failure 42")
+        pool.run("tests.parallel.tasks:fail_on_rank", rank=1, message="planned failure 42")
     assert time.monotonic() - t0 < 10
     assert ei.value.rank == 1
     assert "planned failure 42" in str(ei.value) and "Traceback" in str(ei.value)
     time.sleep(0.5)
     assert not any(p.is_alive() for p in pool._procs), "no orphan workers"
     with pytest.raises(WorkerError, match="closed"):
-        pool.run("distri.testing:fail_on_rank")
+        pool.run("tests.parallel.tasks:fail_on_rank")
 
 
 def test_indivisible_latent_is_refused_in_the_strategy():
@@ -29,9 +29,9 @@ def test_indivisible_latent_is_refused_in_the_strategy():
     try:
         with pytest.raises(WorkerError, match=r"patch degrees that work here: \[1, 5\]"):
             pool.run(
-                "distri.testing:strategy_vs_single",
+                "tests.parallel.tasks:strategy_vs_single",
                 kind="sdxl",
-                strategy="distri.parallel.displaced_patch:apply",
+                strategy="displaced_patch",
                 params={"mode": "full_sync"},
                 steps=1,
                 size=20,

@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import make_pool
 
-DISPLACED = "distri.parallel.displaced_patch:apply"
-NAIVE = "distri.parallel.naive_patch:apply"
+DISPLACED = "displaced_patch"
+NAIVE = "naive_patch"
 EXACT_TOL = 1e-4
 
 
@@ -32,10 +32,10 @@ def _size(model: str, n: int) -> int:
 @pytest.mark.parametrize("sampler", ["ddim", "euler"])
 def test_full_sync_equals_single_device(pool, model, sampler):
     n = len(pool._procs)
-    runs = [{"target": DISPLACED, "params": {"mode": "full_sync"}}]
+    runs = [{"strategy": DISPLACED, "params": {"mode": "full_sync"}}]
     if n == 4 or model == "tiny_sdxl":
-        runs.append({"target": DISPLACED, "params": {"mode": "full_sync"}, "cfg_split": True})
-    res = pool.run("distri.testing:pipeline_vs_single", model=model, runs=runs, sampler=sampler, steps=3,
+        runs.append({"strategy": DISPLACED, "params": {"mode": "full_sync"}, "cfg_split": True})
+    res = pool.run("tests.parallel.tasks:pipeline_vs_single", model=model, runs=runs, sampler=sampler, steps=3,
                    size=_size(model, n))  # fmt: skip
     for r in res:
         for img in r["images"]:
@@ -46,7 +46,7 @@ def test_full_sync_equals_single_device(pool, model, sampler):
 def test_cfg_split_alone_equals_single_device(pool):
     if len(pool._procs) != 2:
         pytest.skip("strategy=none with cfg_split runs on exactly 2 ranks")
-    runs = [{"target": "distri.parallel.base:apply_none", "cfg_split": True}]
-    r = pool.run("distri.testing:pipeline_vs_single", model="tiny_sdxl", runs=runs, steps=3, size=64)[0]
+    runs = [{"strategy": "none", "cfg_split": True}]
+    r = pool.run("tests.parallel.tasks:pipeline_vs_single", model="tiny_sdxl", runs=runs, steps=3, size=64)[0]
     assert (r["images"][0] - r["ref"]).abs().max().item() < EXACT_TOL
     assert r["per_step"][0][0]["cfg_gather"]["calls"] == 1

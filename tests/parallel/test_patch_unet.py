@@ -1,9 +1,12 @@
 """Patch strategies on small stock UNets (float64), at 2 and 4 gloo ranks, against the single device.
 
-Bounds (measured on these models, toy 5-step loop ``x <- x - 0.1 eps``, 32x32 latent):
+Bounds (measured on these models, toy loop ``x <- x - 0.1 eps``, latent 32x32 at 2 ranks, 64x64 at 4), checked
+on every rank:
 * ``full_sync`` equals the single device to 1e-10 (float64; observed ~1e-15);
-* ``corrected_async_gn`` after a 1-step warm-up stays below 0.1 max abs error (observed ~0.02-0.05), below
-  ``no_sync``'s error, and below a third of ``naive_patch``'s (observed ~0.4-0.5).
+* the stale modes stay within bounds stated from measurements (``STALE_BOUNDS``); ``corrected_async_gn`` below
+  ``no_sync``'s error and below a third of ``naive_patch``'s;
+* ``naive_patch`` (rows, columns, alternate) errs most within one latent row/column of its patch borders.
+(tests/parallel/test_displaced_formulas.py checks every layer against the paper's formulas exactly.)
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distri.testing import ledger_shapes
 from tests.conftest import make_pool
+from tests.parallel.tasks import ledger_shapes
 
-DISPLACED = "distri.parallel.displaced_patch:apply"
-NAIVE = "distri.parallel.naive_patch:apply"
+DISPLACED = "displaced_patch"
+NAIVE = "naive_patch"
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2ranks", "4ranks"])
@@ -26,7 +29,7 @@ def pool(request):
 
 
 def _run(pool, **kw):
-    return pool.run("distri.testing:strategy_vs_single", **kw)
+    return pool.run("tests.parallel.tasks:strategy_vs_single", **kw)
 
 
 def _err(r):
@@ -54,37 +57,61 @@ def test_warmup_covering_all_steps_equals_full_sync(pool, kind):
         assert _err(r) < 1e-10
 
 
+def _size(pool) -> int:
+    return 16 * len(pool._procs)  # latent bands of 16 rows (8 and 4 at the deeper levels)
+
+
+# max abs error vs the single device, toy loop of 5 steps, warm-up 1 + 1 (measured at 2 / 4 ranks):
+# corrected_async_gn 0.023 / 0.029, stale_gn 0.022 / 0.030, sync_gn 0.021 / 0.028, separate_gn 0.077 / 0.068,
+# no_sync 0.066 / 0.067; naive_patch (row) 0.43 / 0.60
+STALE_BOUNDS = {"corrected_async_gn": 0.04, "stale_gn": 0.04, "sync_gn": 0.04, "separate_gn": 0.1}
+
+
 def test_stale_modes_are_bounded_and_ordered(pool):
-    kw = dict(kind="sdxl", steps=5, size=32)
+    kw = dict(kind="sdxl", steps=5, size=_size(pool))
     res = _run(pool, strategy=DISPLACED, params={"warmup_steps": 1}, **kw)
-    assert all(r["repeat_equal"] for r in res), "a second pipeline call must repeat the first exactly"
-    corrected = _err(res[0])
-    no_sync = _err(_run(pool, strategy=DISPLACED, params={"mode": "no_sync", "warmup_steps": 1}, **kw)[0])
-    naive = _err(_run(pool, strategy=NAIVE, params={"split_scheme": "row"}, **kw)[0])
-    assert 0 < corrected < 0.1
-    assert corrected < no_sync
-    assert corrected < naive / 3
+    no_sync = _run(pool, strategy=DISPLACED, params={"mode": "no_sync", "warmup_steps": 1}, **kw)
+    naive = _run(pool, strategy=NAIVE, params={"split_scheme": "row"}, **kw)
+    for rank, (r, ns, nv) in enumerate(zip(res, no_sync, naive)):
+        assert r["repeat_equal"], f"rank {rank}: a second pipeline call must repeat the first exactly"
+        corrected = _err(r)
+        assert 0 < corrected < STALE_BOUNDS["corrected_async_gn"], f"rank {rank}: {corrected:.3g}"
+        assert corrected < _err(ns), f"rank {rank}: corrected must beat no_sync"
+        assert corrected < _err(nv) / 3, f"rank {rank}: corrected must be far closer than naive patch"
 
 
 @pytest.mark.parametrize("mode", ["stale_gn", "sync_gn", "separate_gn"])
-def test_other_gn_modes_run_and_stay_close(pool, mode):
-    r = _run(
-        pool, kind="sdxl", strategy=DISPLACED, params={"mode": mode, "warmup_steps": 1}, steps=4, size=32
-    )[0]
-    assert torch.isfinite(r["out"]).all()
-    assert 0 < _err(r) < 0.2
+def test_other_gn_modes_stay_within_their_measured_bounds(pool, mode):
+    res = _run(pool, kind="sdxl", strategy=DISPLACED, params={"mode": mode, "warmup_steps": 1}, steps=5,
+               size=_size(pool))  # fmt: skip
+    for rank, r in enumerate(res):
+        assert torch.isfinite(r["out"]).all()
+        assert 0 < _err(r) < STALE_BOUNDS[mode], f"rank {rank}: {_err(r):.3g}"
 
 
-def test_naive_patch_differs_most_at_borders(pool):
-    if len(pool._procs) != 2:
-        pytest.skip("stated for 2 ranks: with 4 bands of 8 latent rows every row is near a border")
-    r = _run(pool, kind="sdxl", strategy=NAIVE, params={"split_scheme": "row"}, steps=3, size=32)[0]
+def _border_ratio(r, n: int, scheme: str) -> float:
+    """Mean abs error within one latent row/column of a patch border over the mean elsewhere."""
+    diff = (r["out"] - r["ref"]).abs().mean(dim=(0, 1))  # [H, W]
+    H, W = diff.shape
+    border = torch.zeros(H, W, dtype=torch.bool)
+    for b in range(1, n):
+        if scheme in ("row", "alternate"):
+            border[b * H // n - 1 : b * H // n + 1, :] = True
+        if scheme in ("col", "alternate"):
+            border[:, b * W // n - 1 : b * W // n + 1] = True
+    return (diff[border].mean() / diff[~border].mean()).item()
+
+
+@pytest.mark.parametrize("scheme", ["row", "col", "alternate"])
+def test_naive_patch_differs_most_at_borders(pool, scheme):
+    """Measured border/interior error ratio (3 steps): row 2.9 / 2.4, col 2.9 / 2.5, alternate 2.1 / 1.8 at
+    2 / 4 ranks; a split without seams would give ~1."""
     n = len(pool._procs)
-    diff = (r["out"] - r["ref"]).abs().mean(dim=(0, 1, 3))  # per latent row
-    h = diff.shape[0] // n
-    border_rows = [b * h + o for b in range(1, n) for o in (-1, 0)]
-    interior = [i for i in range(diff.shape[0]) if i not in border_rows]
-    assert diff[border_rows].mean() > 2 * diff[interior].mean()
+    res = _run(pool, kind="sdxl", strategy=NAIVE, params={"split_scheme": scheme}, steps=3, size=_size(pool))
+    for rank, r in enumerate(res):
+        assert _err(r) > 0.1, f"rank {rank}: naive patch should differ from the single device"
+        ratio = _border_ratio(r, n, scheme)
+        assert ratio > 1.5, f"rank {rank}: border/interior error ratio {ratio:.2f}"
 
 
 def test_ledger_matches_independent_count(pool):

@@ -14,11 +14,11 @@ from unittest import mock
 import pytest
 import torch
 
-from distri import testing_tp
 from distri.launch import WorkerPool
 from distri.parallel import tensor
 from distri.parallel.context import ParallelContext
-from distri.testing_tp import CONFIGS, LATENT, SD15_SHAPED, SDXL_SHAPED, build_unet, make_inputs
+from tests.parallel import tp_tasks as testing_tp
+from tests.parallel.tp_tasks import CONFIGS, LATENT, SD15_SHAPED, SDXL_SHAPED, build_unet, make_inputs
 
 TOL64 = 1e-10
 TOL32 = 1e-4
@@ -41,7 +41,7 @@ UNEVEN_ATTENTIONS = {5: 6, 6: 8}  # heads -> attentions (attn1 + attn2 of 3 tran
 
 
 def uneven_tp_check(env, **kw) -> dict:
-    """Worker task: :func:`distri.testing_tp.tp_check` on the :data:`UNEVEN` UNet."""
+    """Worker task: :func:`tests.parallel.tp_tasks.tp_check` on the :data:`UNEVEN` UNet."""
     with mock.patch.dict(testing_tp.CONFIGS, uneven=UNEVEN):
         return testing_tp.tp_check(env, "uneven", **kw)
 
@@ -100,7 +100,7 @@ def expected_allreduce(cfg: dict, batch: int, latent: int) -> tuple[int, int]:
 )
 def test_tensor_matches_single_device(pool, model, cfg_split):
     steps = 2
-    res = pool.run("distri.testing_tp:tp_check", model=model, cfg_split=cfg_split, steps=steps)
+    res = pool.run("tests.parallel.tp_tasks:tp_check", model=model, cfg_split=cfg_split, steps=steps)
     par = pool.world_size // (2 if cfg_split else 1)
     n_calls, n_elems = expected_allreduce(CONFIGS[model], BATCH // (2 if cfg_split else 1), LATENT)
     for r in res:
@@ -123,6 +123,7 @@ def test_tensor_matches_single_device(pool, model, cfg_split):
         rep = r["report"]
         if par > 1:
             assert rep["sharded_layers"] > 0 and rep["full_layers_retained"] and rep["uneven_layers"] == 0
+            assert rep["full_layers"] == "host" and rep["full_layers_host_bytes"] == rep["sharded_full_bytes"]
             assert rep["sharded_ratio"] * par == pytest.approx(1.0, rel=0.03)
             assert rep["unet_local_bytes"] < rep["unet_full_bytes"]
             saved = rep["unet_full_bytes"] - rep["unet_local_bytes"]
@@ -132,7 +133,9 @@ def test_tensor_matches_single_device(pool, model, cfg_split):
 
 
 def test_tensor_float32(pool):
-    res = pool.run("distri.testing_tp:tp_check", model="sdxl", cfg_split=False, dtype="float32", steps=1)
+    res = pool.run(
+        "tests.parallel.tp_tasks:tp_check", model="sdxl", cfg_split=False, dtype="float32", steps=1
+    )
     for r in res:
         assert r["max_err"] <= TOL32 * r["ref_max"], r["max_err"]
         assert r["ledger"][0]["tp_allreduce"]["bytes"] > 0
@@ -145,7 +148,7 @@ def test_tensor_pipeline_tiny(pool, tmp_path_factory):
     cache = str(tmp_path_factory.getbasetemp() / "tiny_models")
     cfg_split = pool.world_size == 4
     res = pool.run(
-        "distri.testing_tp:tp_pipeline_check", name="tiny_sdxl", cfg_split=cfg_split, cache_dir=cache
+        "tests.parallel.tp_tasks:tp_pipeline_check", name="tiny_sdxl", cfg_split=cfg_split, cache_dir=cache
     )
     for r in res:
         assert r["max_err"] <= 1e-4, r["max_err"]
@@ -275,7 +278,41 @@ def test_valid_world_sizes():
 def test_free_full(pool):
     if pool.world_size != 2:
         pytest.skip("one world size is enough")
-    for r in pool.run("distri.testing_tp:tp_free_full"):
+    for r in pool.run("tests.parallel.tp_tasks:tp_free_full"):
         assert r["freed"] and not r["report"]["full_layers_retained"]
+        assert r["report"]["full_layers"] == "freed" and r["report"]["full_layers_host_bytes"] == 0
         assert r["max_err"] <= TOL64 * 10
         assert "free_full=True" in r["remove_error"]
+
+
+def test_full_layers_wait_on_the_host_and_come_back_exactly():
+    """Rank 0 of 2 in one process (no group): each full layer leaves the UNet for host memory as its shard
+    comes in, is referenced only by the handle, and remove() puts the very same parameters back (bit-exact
+    output). With free_full=True nothing is kept. (Host and device are both the CPU here; tests/gpu checks the
+    device memory on CUDA.)"""
+    import gc
+    import weakref
+
+    unet, inputs = build_unet("sdxl"), make_inputs("sdxl")
+    attn = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    originals = {"to_q": attn.to_q, "conv_out": unet.conv_out}
+    params = {id(p): p for m in originals.values() for p in m.parameters()}
+    with torch.no_grad():
+        ref = unet(**inputs).sample
+        handle = tensor.apply(unet, ParallelContext(rank=0, world_size=2))
+        in_tree = {id(p) for p in unet.parameters()}
+        assert not in_tree & params.keys()  # the full layers are off the UNet...
+        assert all(p.device == tensor.HOST for p in params.values())  # ...and in host memory
+        rep = handle.param_report()
+        assert rep["full_layers"] == "host" and rep["full_layers_host_bytes"] == rep["sharded_full_bytes"] > 0
+        handle.remove()
+        assert attn.to_q is originals["to_q"] and unet.conv_out is originals["conv_out"]
+        assert params.keys() <= {id(p) for p in unet.parameters()}
+        assert torch.equal(unet(**inputs).sample, ref)
+
+        refs = [weakref.ref(m) for m in originals.values()]
+        del originals, params
+        handle = tensor.apply(unet, ParallelContext(rank=0, world_size=2), free_full=True)
+        gc.collect()
+        assert all(r() is None for r in refs)  # freed at once, nothing kept on the host
+        assert handle.param_report()["full_layers"] == "freed"

@@ -11,12 +11,12 @@ import torch
 
 def test_none_naive_and_displaced_at_world_size_1_equal_single_device_bit_for_bit(single_pool):
     runs = [
-        {"target": "distri.parallel.base:apply_none"},
-        {"target": "distri.parallel.naive_patch:apply", "params": {"split_scheme": "alternate"}},
-        {"target": "distri.parallel.displaced_patch:apply", "params": {}},
+        {"strategy": "none"},
+        {"strategy": "naive_patch", "params": {"split_scheme": "alternate"}},
+        {"strategy": "displaced_patch", "params": {}},
     ]
-    r = single_pool.run("distri.testing:pipeline_vs_single", model="tiny_sdxl", runs=runs, steps=3, size=64)[
-        0
-    ]
+    r = single_pool.run(
+        "tests.parallel.tasks:pipeline_vs_single", model="tiny_sdxl", runs=runs, steps=3, size=64
+    )[0]
     for img in r["images"]:
         assert torch.equal(img, r["ref"])

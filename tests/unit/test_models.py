@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from distri.generate import generate, save_png, to_pil
-from distri.models.loader import ModelNotFoundError, load_pipeline
+from distri.models.loader import ModelNotFoundError, check_available, load_pipeline, placement_kwargs
 from distri.models.tiny import MODEL_MAX_LENGTH, TINY_MODELS, TINY_RESOLUTION, build_tiny
 from distri.samplers import SAMPLERS, make_scheduler
 
@@ -277,3 +277,76 @@ def test_bad_configs(cache_dir):
         load_pipeline({"name": "tiny_sd3", "family": "sd", "source": "tiny", "cache_dir": cache_dir})
     with pytest.raises(ValueError, match="model.family"):
         load_pipeline({"name": "x", "family": "flux", "source": "hub", "id": "a/b"})
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_low_memory_load_equals_a_plain_load(cache_dir, pipes, name, monkeypatch):
+    """load_pipeline asks for low host memory and a device map (the device type), and gets exactly the weights
+    of a plain ``from_pretrained`` (random init, then the checkpoint, on the host), without accelerate hooks."""
+    cls = type(pipes[name])
+    seen = {}
+    real = cls.from_pretrained.__func__
+
+    def spy(klass, *args, **kwargs):
+        seen.update(kwargs)
+        return real(klass, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    pipe = load_pipeline(_cfg(name, cache_dir), "cpu")
+    monkeypatch.undo()
+    assert seen["low_cpu_mem_usage"] is True and seen["device_map"] == "cpu"
+    plain = cls.from_pretrained(str(build_tiny(name, cache_dir)), low_cpu_mem_usage=False)
+    for comp in ("unet", "vae", "text_encoder"):
+        module = getattr(pipe, comp)
+        assert not any(hasattr(m, "_hf_hook") for m in module.modules()), comp
+        a, b = module.state_dict(), getattr(plain, comp).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), comp
+
+
+def test_placement_kwargs(monkeypatch):
+    assert placement_kwargs("cpu") == {"low_cpu_mem_usage": True, "device_map": "cpu"}
+    # diffusers' list on a GPU machine (it holds the detected accelerator type and "cpu")
+    monkeypatch.setattr(
+        "diffusers.pipelines.pipeline_utils.SUPPORTED_DEVICE_MAP", ["balanced", "cuda", "cpu"]
+    )
+    assert placement_kwargs(torch.device("cuda", 1))["device_map"] == "cuda"  # loaded under cuda.device(1)
+    assert placement_kwargs("meta") == {"low_cpu_mem_usage": True}  # no device map diffusers would accept
+
+
+def test_corrupt_cached_model_is_rebuilt_and_stale_temp_folders_removed(tmp_path):
+    """A truncated weights file no longer matches the marker's checksum: the next build_tiny rebuilds it;
+    a killed build's temporary folder is cleaned up by the next build."""
+    path = build_tiny("tiny_sd15", str(tmp_path))
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    (tmp_path / ".tiny_sd15.tmp-killed").mkdir()
+    assert build_tiny("tiny_sd15", str(tmp_path)) == path
+    assert weights.read_bytes() == good
+    assert not list(tmp_path.glob(".tiny_sd15.tmp-*"))
+
+
+def test_pickled_weights_need_allow_pickle(cache_dir, pipes, tmp_path):
+    """Safetensors only by default; a folder with pickled (.bin) weights loads with allow_pickle=true."""
+    folder = tmp_path / "pickled"
+    pipes["tiny_sd15"].save_pretrained(folder, safe_serialization=False)
+    cfg = {"name": "sd15", "family": "sd", "source": "hub", "id": str(folder)}
+    with pytest.raises(Exception, match="safetensors"):
+        load_pipeline(cfg)
+    pipe = load_pipeline({**cfg, "allow_pickle": True})
+    assert torch.equal(pipe.unet.conv_out.weight, pipes["tiny_sd15"].unet.conv_out.weight)
+
+
+def test_check_available_is_short_and_names_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = {
+        "name": "sdxl",
+        "family": "sdxl",
+        "source": "hub",
+        "id": "stabilityai/stable-diffusion-xl-base-1.0",
+    }
+    with pytest.raises(ModelNotFoundError) as info:
+        check_available({**cfg, "cache_dir": str(tmp_path / "hf")})
+    text = str(info.value)
+    assert "hf download stabilityai/stable-diffusion-xl-base-1.0" in text and len(text) < 600
+    check_available({"name": "tiny_sdxl", "source": "tiny"})  # built locally: nothing to check
