@@ -5,13 +5,23 @@
     python run.py -m strategy=naive_patch,displaced_patch world_size=1,2,4   # a multirun sweep
 
 Each job writes ``result.json`` into its output folder and appends the same record to ``results.jsonl`` in the
-sweep (or run) folder; W&B gets the record too (offline by default). A failing job is recorded with
-``status: failed`` and the sweep goes on; the command exits non-zero if any job failed.
+sweep (or run) folder; W&B gets the record after it is on disk (offline by default). A failing job is
+recorded with ``status: failed`` and the sweep goes on; the command exits non-zero if any job failed. SIGINT
+(Ctrl-C) or SIGTERM records the running job as ``interrupted``, stops its workers and ends the command (exit
+code 130). A job holds a lock on its folder: a second live job given the same folder is refused.
+
+Under ``torchrun`` (``torchrun --nproc_per_node=N run.py world_size=N ...``) every rank runs this script, and
+only global rank 0 writes files and logs (the other ranks send Hydra's folder to a temporary one); a failure
+on any rank gives rank 0's one failed record, and then every rank exits non-zero (see distri.torchrun).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,69 +31,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from distri.config import ConfigError, register_configs, validate
+from distri.job.execute import interrupt_on_sigterm
+from distri.job.summary import summary
+from distri.slurm import leave as leave_srun_step
+from distri.slurm import under_submitit
+from distri.torchrun import defer_sigterm, torchrun_rank
 
 register_configs()
+_JOB_ID = secrets.token_hex(3)  # one per process: run and sweep folders differ even within one second
+OmegaConf.register_new_resolver("distri_uid", lambda: _JOB_ID)
 FAILED: list[str] = []
-
-
-def _fmt_bytes(b: float | None) -> str:
-    if b is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(b) < 1000 or unit == "GB":
-            return f"{b:.1f} {unit}" if unit != "B" else f"{b:.0f} B"
-        b /= 1000
-    return f"{b:.1f} GB"
-
-
-def summary(rec: dict[str, Any]) -> str:
-    """A one-screen summary of a job record."""
-    c = rec["config"]
-    s, sm = c["strategy"], c["sampler"]
-    label = (
-        s["name"]
-        + (f"/{s['mode']}" if "mode" in s else "")
-        + (f"/{s['split_scheme']}" if "split_scheme" in s else "")
-    )
-    label += (" +cfg_split" if s.get("cfg_split") else "") + f" x{c['world_size']}"
-    lines = [
-        f"distri: {c['model']['name']} {c['height']}x{c['width']}, {sm['name']} {sm['num_inference_steps']} steps, "
-        f"guidance {sm['guidance_scale']}, {len(rec.get('prompts', []))} prompt(s), "
-        f"{rec['env'].get('device_name', '?')} ({rec['env'].get('backend')})",
-    ]
-    if rec["status"] != "ok":
-        lines.append(f"FAILED: {rec['error']}")
-        tb = (rec.get("traceback") or "").strip().splitlines()
-        lines += ["  " + t for t in tb[-15:]]
-        return "\n".join(lines)
-    lat, base, m, cm = rec["latency"], rec.get("baseline_latency"), rec["metrics"], rec["comm"]
-    psnr = m.get("psnr_vs_orig")
-    psnr_s = "-" if psnr is None else (psnr if isinstance(psnr, str) else f"{psnr:.2f}")
-    head = f"  {'run':<44} {'latency (s)':>16} {'speedup':>8} {'PSNR vs orig':>13} {'bytes/step':>11}"
-    lines += ["", head, "  " + "-" * (len(head) - 2)]
-    if base:
-        lines.append(
-            f"  {'single device (original)':<44} {base['mean_s']:>9.3f} ±{base['std_s']:.3f} {'1.00x':>8} "
-            f"{'-':>13} {'-':>11}"
-        )
-    sp = rec.get("speedup")
-    lines.append(
-        f"  {label:<44} {lat['mean_s']:>9.3f} ±{lat['std_s']:.3f} {(f'{sp:.2f}x' if sp else '-'):>8} "
-        f"{psnr_s:>13} {_fmt_bytes(cm.get('bytes_per_step')):>11}"
-    )
-    lines += [
-        "",
-        f"latency: mean ± std over timed runs; {lat['method']}",
-        f"bytes/step: {cm.get('convention', '')}, averaged over {cm.get('steps_averaged')} non-warm-up steps",
-    ]
-    if "max_abs_err_vs_orig" in m:
-        lines.append(
-            f"vs original: PSNR {psnr_s} dB (per image, averaged), max abs err {m['max_abs_err_vs_orig']:.4g} "
-            f"over {m.get('n_images')} image(s) in [0, 1]"
-        )
-    if rec.get("images"):
-        lines.append(f"images: {Path(rec['images'][0]).parent}")
-    return "\n".join(lines)
+LOGGED_IMAGES = 16  # the first images of a job go to W&B; all of them are on disk
+_OTHER_RANK_DIR: str | None = None  # under torchrun, Hydra's folder of a rank other than 0 (removed at exit)
 
 
 def _paths() -> tuple[str, str, str]:
@@ -98,44 +57,123 @@ def _paths() -> tuple[str, str, str]:
     return job_dir, str(Path(root).resolve()), name
 
 
+def _leave(code: int) -> None:
+    """End the process. Under torchrun at once (``os._exit``): a failed job's thread may still be blocked in a
+    collective, and a process-group teardown can wait on ranks that are gone."""
+    if torchrun_rank() is None:
+        sys.exit(code)
+    if _OTHER_RANK_DIR:
+        shutil.rmtree(_OTHER_RANK_DIR, ignore_errors=True)
+    leave_srun_step()  # under srun, rank 0 hosts the failure store: it waits until every rank is done with it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _failed(name: str) -> None:
+    """Count a failed job; under torchrun end this rank now (the ranks cannot go on together)."""
+    FAILED.append(name)
+    if torchrun_rank() is not None and not under_submitit():  # submitit saves the result once the job returns
+        _leave(1)
+
+
+def _hydra_quiet_on_other_ranks() -> str | None:
+    """Under torchrun, ranks other than 0 write nothing: Hydra's folders go to a temporary one, no logs."""
+    rank = torchrun_rank()
+    if not rank:
+        return None
+    tmp = tempfile.mkdtemp(prefix=f"distri-rank{rank}-")
+    sys.argv += [
+        "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+        f"hydra.run.dir={tmp}", f"hydra.sweep.dir={tmp}",
+    ]  # fmt: skip
+    return tmp
+
+
+def _record_and_log(rec: dict[str, Any], d: dict[str, Any], job_dir: str, root: str, name: str) -> None:
+    """``result.json`` first, then W&B (which can block or fail), then the sweep's line, whatever happens."""
+    from distri.job.results import append_to_sweep, write_job_file
+    from distri.job.wandb_logger import RunLogger
+
+    write_job_file(rec, job_dir)
+    try:
+        lg = dict(d["logger"])
+        lg["dir"] = lg.get("dir") or job_dir
+        logger = RunLogger(lg, run_name=name, group=Path(root).name if root != job_dir else None, config=d)
+        logger.log_result(rec, images=rec["images"][:LOGGED_IMAGES], captions=rec.get("prompts"))
+        wandb_dir = logger.finish()
+        if wandb_dir:
+            rec["wandb_dir"] = str(wandb_dir)
+            write_job_file(rec, job_dir)
+            print(
+                f"W&B ({logger.mode}): {wandb_dir}"
+                + (f"  -> upload with: wandb sync {wandb_dir}" if logger.mode == "offline" else "")
+            )
+    except Exception as e:  # noqa: BLE001 - the record is on disk; W&B failing does not fail the job
+        print(f"W&B logging failed ({type(e).__name__}: {e}); the record is in {job_dir}", file=sys.stderr)
+    finally:
+        append_to_sweep(rec, root)
+
+
+def _config_failure(d: dict[str, Any], e: Exception, job_dir: str, root: str, name: str) -> None:
+    from distri.job.record import failed_record
+    from distri.job.results import write_result
+
+    print(f"error: {e}", file=sys.stderr)
+    if (torchrun_rank() or 0) == 0:
+        write_result(failed_record(d, e, output_dir=job_dir), job_dir, root)
+    _failed(name)
+
+
+def _run_job(d: dict[str, Any], job_dir: str, root: str, name: str) -> None:
+    from distri.job.execute import execute
+    from distri.job.results import check_writable
+
+    rank = torchrun_rank() or 0
+    if rank == 0:
+        check_writable(job_dir, root)  # an unwritable results file fails the job now, not after computing
+    rec = execute(d, str(Path(job_dir).resolve()))
+    if rank != 0:  # only global rank 0 writes and logs; it records a failure on any rank
+        if rec["status"] != "ok":
+            print(f"rank {rank}: job failed ({rec['error']}); rank 0 records it", file=sys.stderr)
+            _failed(name)
+        return
+    _record_and_log(rec, d, job_dir, root, name)
+    print(summary(rec))
+    print(f"result: {Path(job_dir) / 'result.json'} (and a line in {Path(root) / 'results.jsonl'})")
+    if rec["status"] == "interrupted":
+        print(f"interrupted: {rec['error']}; the job is recorded as interrupted", file=sys.stderr)
+        raise SystemExit(130)
+    if rec["status"] != "ok":
+        _failed(name)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from distri.logging import RunLogger, failed_record, write_result
+    from distri.job.results import FolderInUse, JobFolderLock
 
     job_dir, root, name = _paths()
     d = OmegaConf.to_container(cfg, resolve=True)
     try:
         validate(d)
     except ConfigError as e:
+        _config_failure(d, e, job_dir, root, name)
+        return
+    try:
+        with JobFolderLock(job_dir):
+            _run_job(d, job_dir, root, name)
+    except (FolderInUse, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
-        write_result(failed_record(d, e), job_dir, root)
-        FAILED.append(name)
-        return
-    from distri.runner import execute
-
-    rec = execute(d, str(Path(job_dir).resolve()))
-    if rec.get("rank", 0) != 0:
-        return
-    lg = dict(d["logger"])
-    lg["dir"] = lg.get("dir") or job_dir
-    logger = RunLogger(lg, run_name=name, group=Path(root).name if root != job_dir else None, config=d)
-    logger.log_result(rec, captions=rec.get("prompts"))
-    wandb_dir = logger.finish()
-    rec["wandb_dir"] = str(wandb_dir) if wandb_dir else None
-    write_result(rec, job_dir, root)
-    print(summary(rec))
-    print(f"result: {Path(job_dir) / 'result.json'} (and a line in {Path(root) / 'results.jsonl'})")
-    if wandb_dir:
-        print(
-            f"W&B ({logger.mode}): {wandb_dir}"
-            + (f"  -> upload with: wandb sync {wandb_dir}" if logger.mode == "offline" else "")
-        )
-    if rec["status"] != "ok":
-        FAILED.append(name)
+        _failed(name)
 
 
 if __name__ == "__main__":
+    if torchrun_rank() is not None:
+        defer_sigterm()  # from here on, torchrun's SIGTERM cannot cut a record short (see distri.torchrun)
+    else:
+        interrupt_on_sigterm()  # SIGTERM: the job is recorded as interrupted, its workers stopped
+    _OTHER_RANK_DIR = _hydra_quiet_on_other_ranks()
     main()
     if FAILED:
         print(f"{len(FAILED)} job(s) failed: {', '.join(FAILED)}", file=sys.stderr)
-        sys.exit(1)
+    _leave(1 if FAILED else 0)

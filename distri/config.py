@@ -3,7 +3,10 @@
 The schemas make a wrong key or a wrong type fail when Hydra composes the config. :func:`validate` then checks
 what a type cannot express (known names, divisibility, step counts, ...) on the plain resolved dict, before
 any model is loaded or any worker started. It collects every problem and raises one :class:`ConfigError`.
-Nothing here imports torch.
+
+Strategies are not known here by name: the strategy group's schemas, parameter checks and the world sizes that
+fit come from the strategies themselves (:mod:`distri.parallel.strategy`), which read the model's architecture
+from its UNet config (:func:`distri.models.denoiser.find_unet_config`) without loading a weight.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from typing import Any
 
 from omegaconf import MISSING
 
-STRATEGIES = ("none", "naive_patch", "displaced_patch", "tensor")
+from distri.devices import DTYPE_NAMES
+
 SAMPLERS = ("ddim", "euler", "dpmpp")
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "float16", "bfloat16", "float64")
-PATCH_SPLITS = ("row", "col", "alternate")
-DISPLACED_MODES = ("corrected_async_gn", "stale_gn", "sync_gn", "separate_gn", "full_sync", "no_sync")
+DTYPES = ("auto", *DTYPE_NAMES)
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
+RUNNER_STATISTICS = ("trimmed_mean", "median", "mean")  # keys of distri.metrics.latency.STATISTICS
 
 
 class ConfigError(ValueError):
@@ -43,43 +46,7 @@ class ModelConfig:
     cache_dir: str | None = None
     resolution: int = 1024  # default height and width
     vae_scale_factor: int = 8
-    unet_downsamples: int = 2  # 2x down-samplings in the UNet encoder (SDXL: 2, SD 1.x/2.x: 3)
-
-
-@dataclass
-class StrategyConfig:
-    _target_: str = MISSING
-    name: str = MISSING
-    cfg_split: bool = False
-
-
-@dataclass
-class NoneStrategyConfig(StrategyConfig):
-    _target_: str = "distri.parallel.base.apply_none"
-    name: str = "none"
-
-
-@dataclass
-class NaivePatchConfig(StrategyConfig):
-    _target_: str = "distri.parallel.naive_patch.apply"
-    name: str = "naive_patch"
-    split_scheme: str = "row"
-
-
-@dataclass
-class DisplacedPatchConfig(StrategyConfig):
-    _target_: str = "distri.parallel.displaced_patch.apply"
-    name: str = "displaced_patch"
-    mode: str = "corrected_async_gn"
-    warmup_steps: int = 4
-    bucket_mb: float = 16.0
-
-
-@dataclass
-class TensorConfig(StrategyConfig):
-    _target_: str = "distri.parallel.tensor.apply"
-    name: str = "tensor"
-    free_full: bool = False  # drop the unsharded layers (needs metrics.compare_to_original=false)
+    allow_pickle: bool = False  # also load pickled (.bin/.ckpt) weights; default: safetensors only
 
 
 @dataclass
@@ -100,6 +67,17 @@ class PromptsConfig:
 @dataclass
 class MetricsConfig:
     compare_to_original: bool = True  # also run the single-device pipeline and compare images and latency
+    # Image quality (distri.metrics.options.MetricOptions reads and checks these):
+    compute: list[str] = field(default_factory=lambda: ["psnr", "lpips", "fid", "clip_score"])
+    backbones: str = "auto"  # auto | real | stand-in
+    lpips_net: str = "alex"  # alex | vgg
+    fid_impl: str = "clean-fid"  # clean-fid | torchmetrics
+    clip_model: str = "openai/clip-vit-large-patch14"  # hub id or local folder
+    gt_dir: str | None = None  # folder of real images (COCO val2014), the first N sorted paired with prompts
+    batch_size: int = 16
+    num_workers: int = 0
+    progress: bool = True
+    originals_dir: str | None = None  # cache of single-device originals; default $DISTRI_CACHE/originals
 
 
 @dataclass
@@ -117,11 +95,13 @@ class LoggerConfig:
 @dataclass
 class RunnerConfig:
     warmup_runs: int = 1
-    timed_runs: int = 3
-    trim: float = 0.2  # fraction of timed runs dropped (half fastest, half slowest) for the trimmed mean
+    timed_runs: int = 5
+    trim: float = 0.4  # fraction of timed runs the trimmed mean drops (half fastest, half slowest)
+    statistic: str = "trimmed_mean"  # trimmed_mean | median | mean: latency headline and speedup
     save_images: bool = True
-    cpu_threads_per_rank: int | None = None  # default: max(1, cores // world_size)
-    timeout_s: float = 1800.0  # process-group timeout
+    cpu_threads_per_rank: int = 1  # the same for every world_size, so rows of a sweep compare
+    timeout_s: float = 300.0  # the longest a rank may go without progress (a step, a load) or a heartbeat
+    port: int | None = None  # rendezvous port of the worker pool; None: a free one (retried on a clash)
 
 
 @dataclass
@@ -137,30 +117,25 @@ class Config:
     height: int = MISSING
     width: int = MISSING
     seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str = "auto"  # auto: cuda when every rank can have its own GPU, else cpu
+    dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
+    fault: str | None = None  # fault injection, e.g. "rank=1,at=step:2,kind=hang" (see distri.faults)
 
 
 def register_configs() -> None:
     """Register the schemas; config files extend them through their defaults lists."""
     from hydra.core.config_store import ConfigStore
 
+    from distri.parallel.strategy import register_schemas
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="strategy", name="none_schema", node=NoneStrategyConfig)
-    cs.store(group="strategy", name="naive_patch_schema", node=NaivePatchConfig)
-    cs.store(group="strategy", name="displaced_patch_schema", node=DisplacedPatchConfig)
-    cs.store(group="strategy", name="tensor_schema", node=TensorConfig)
+    register_schemas(cs)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     cs.store(group="prompts", name="prompts_schema", node=PromptsConfig)
     cs.store(group="metrics", name="metrics_schema", node=MetricsConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
-
-
-def strategy_params(strategy: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of a strategy's ``apply`` (everything but ``_target_`` and ``name``)."""
-    return {k: v for k, v in strategy.items() if k not in ("_target_", "name")}
 
 
 def cfg_size(cfg: dict[str, Any]) -> int:
@@ -172,35 +147,108 @@ def _choice(problems: list[str], what: str, value: Any, valid: tuple[str, ...]) 
         problems.append(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
-def _latent_sizes(cfg: dict[str, Any], problems: list[str]) -> tuple[int, int] | None:
-    m = cfg["model"]
-    f, down = m["vae_scale_factor"], m["unet_downsamples"]
+def dtype_problem(dtype: str, device: str) -> str | None:
+    """The problem with running ``dtype`` on ``device`` (None if fine): float16 on the CPU is refused."""
+    if dtype != "float16" or device != "cpu":
+        return None
+    return (
+        "dtype=float16 on the CPU is refused: PyTorch runs many float16 operators on the CPU through slow, "
+        "partly emulated kernels whose cost does not scale like the float32 ones, so latencies and speedups "
+        "measured that way say nothing about the method (such a run reported a bogus 2x speedup). Use "
+        "dtype=auto (float32 on the CPU), float32 or bfloat16, or run on CUDA (device=cuda)"
+    )
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> float16 on ``cuda`` (the paper's setting), float32 on ``cpu``; float16 on ``cpu`` raises."""
+    from distri.devices import DTYPE_BY_DEVICE
+
+    name = DTYPE_BY_DEVICE[device] if dtype == "auto" else dtype
+    problem = dtype_problem(name, device)
+    if problem:
+        raise ConfigError([problem])
+    return name
+
+
+def _check_dtype(cfg: dict[str, Any], problems: list[str]) -> None:
+    device, dtype, reason = cfg["device"], cfg["dtype"], ""
+    if dtype == "float16" and device == "auto":
+        from distri.devices import auto_device
+
+        device, reason = auto_device(cfg["world_size"])
+    problem = dtype_problem(dtype, device)
+    if problem:
+        problems.append(f"{problem}; {reason}" if reason else problem)
+
+
+def _latent_sizes(
+    cfg: dict[str, Any], down: int, problems: list[str], unet: Any = None
+) -> tuple[int, int] | None:
+    f = cfg["model"]["vae_scale_factor"]
     out = []
     for key in ("height", "width"):
         v = cfg[key]
         if v <= 0 or v % f:
-            lo, hi = max(f, v // f * f), (v // f + 1) * f
             problems.append(
-                f"{key}={v} must be a positive multiple of the VAE factor {f} (e.g. {lo} or {hi})"
+                f"{key}={v} must be a positive multiple of the VAE factor {f}{_near(cfg, key, down, unet)}"
             )
             return None
         lat = v // f
         if lat % 2**down:
-            step = f * 2**down
             problems.append(
                 f"{key}={v} gives a latent of {lat}, which the UNet's {down} down-samplings cannot halve "
-                f"evenly; use a multiple of {step} (e.g. {max(step, v // step * step)})"
+                f"evenly; use a multiple of {f * 2**down}{_near(cfg, key, down, unet)}"
             )
             return None
         out.append(lat)
     return out[0], out[1]
 
 
-def _check_parallel(cfg: dict[str, Any], latent: tuple[int, int] | None, problems: list[str]) -> None:
-    from distri.parallel.geometry import patch_world_sizes
+def _fit(cfg: dict[str, Any], down: int, unet: Any, latent: tuple[int, int] | None):
+    from distri.parallel.strategy import Fit
+
+    return Fit(
+        world_size=cfg["world_size"],
+        steps=cfg["sampler"]["num_inference_steps"],
+        size=(cfg["height"], cfg["width"]),
+        latent=latent,
+        unet=unet,
+        downsamples=down,
+        compare_to_original=cfg["metrics"]["compare_to_original"],
+    )
+
+
+def _fits(cfg: dict[str, Any], down: int, unet: Any) -> bool:
+    from distri.parallel.strategy import check
+
+    problems: list[str] = []
+    latent = _latent_sizes(cfg, down, problems)
+    return not problems and not check(cfg["strategy"], _fit(cfg, down, unet, latent))
+
+
+def _near(cfg: dict[str, Any], key: str, down: int, unet: Any) -> str:
+    """`` (e.g. a or b)``: the nearest sizes below and above that work with the whole config (strategy,
+    world size, the other side), or nothing when the sizes are not what is wrong."""
+    if unet is None:
+        return ""
+    f, v = cfg["model"]["vae_scale_factor"], max(cfg[key], 1)
+    below = (c for c in range(v // f * f, 0, -f) if c != v)
+    above = range((v // f + 1) * f, 8 * v + f, f)
+    found = [next((c for c in cands if _fits({**cfg, key: c}, down, unet)), None) for cands in (below, above)]
+    found = [str(c) for c in found if c is not None]
+    return (
+        f" (e.g. {' or '.join(found)}: sizes that also fit world_size={cfg['world_size']})" if found else ""
+    )
+
+
+def _check_parallel(cfg: dict[str, Any], problems: list[str]) -> None:
+    """World size, CFG split and the strategy's own checks (its parameters, the degrees that fit the model)."""
+    from distri.models.adapters import unet_downsamples
+    from distri.models.denoiser import find_unet_config
+    from distri.parallel.strategy import check
 
     s, n = cfg["strategy"], cfg["world_size"]
-    name, split = s["name"], bool(s.get("cfg_split"))
+    split = bool(s.get("cfg_split"))
     if n < 1:
         problems.append(f"world_size must be >= 1, got {n}")
         return
@@ -209,24 +257,9 @@ def _check_parallel(cfg: dict[str, Any], latent: tuple[int, int] | None, problem
         return
     if split and cfg["sampler"]["guidance_scale"] <= 1:
         problems.append("cfg_split needs classifier-free guidance: set sampler.guidance_scale > 1")
-    par = n // (2 if split else 1)
-    if name == "none" and par != 1:
-        hint = "world_size=1, or strategy.cfg_split=true" if n == 2 else "world_size=1"
-        problems.append(f"strategy=none runs the whole UNet on one rank: with world_size={n} use {hint}")
-    if name in ("naive_patch", "displaced_patch") and latent is not None and par > 1:
-        down = cfg["model"]["unet_downsamples"]
-        dims = [("height", latent[0])]
-        if name == "naive_patch" and s.get("split_scheme") in ("col", "alternate"):
-            dims.append(("width", latent[1]))
-        for what, lat in dims:
-            ok = patch_world_sizes(lat, down)
-            if par not in ok:
-                mult = [k * (2 if split else 1) for k in ok]
-                problems.append(
-                    f"{par} patches do not divide the latent {what} {lat} at every UNet level "
-                    f"({down} down-samplings: latent {what} % ({par} x {2**down}) != 0); "
-                    f"world sizes that work at {cfg[what]} px: {mult}"
-                )
+    unet = find_unet_config(cfg["model"])
+    down = 0 if unet is None else unet_downsamples(unet)
+    problems += check(s, _fit(cfg, down, unet, _latent_sizes(cfg, down, problems, unet)))
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -234,12 +267,9 @@ def validate(cfg: dict[str, Any]) -> None:
     p: list[str] = []
     _choice(p, "device", cfg["device"], DEVICES)
     _choice(p, "dtype", cfg["dtype"], DTYPES)
+    _check_dtype(cfg, p)
     _choice(p, "model.family", cfg["model"]["family"], ("sdxl", "sd"))
     _choice(p, "model.source", cfg["model"]["source"], ("tiny", "hub"))
-    s = cfg["strategy"]
-    _choice(p, "strategy", s.get("name"), STRATEGIES)
-    if s.get("name") == "naive_patch":
-        _choice(p, "strategy.split_scheme", s.get("split_scheme"), PATCH_SPLITS)
     sm = cfg["sampler"]
     _choice(p, "sampler", sm["name"], SAMPLERS)
     steps = sm["num_inference_steps"]
@@ -247,25 +277,7 @@ def validate(cfg: dict[str, Any]) -> None:
         p.append(f"sampler.num_inference_steps must be >= 1, got {steps}")
     if sm["guidance_scale"] < 0:
         p.append(f"sampler.guidance_scale must be >= 0, got {sm['guidance_scale']}")
-    if s.get("name") == "displaced_patch":
-        _choice(p, "strategy.mode", s.get("mode"), DISPLACED_MODES)
-        w = s.get("warmup_steps", 0)
-        if w < 0:
-            p.append(f"strategy.warmup_steps must be >= 0, got {w}")
-        elif w > steps:
-            p.append(
-                f"strategy.warmup_steps={w} is longer than the sampling ({steps} steps); "
-                f"use at most {steps} (warmup_steps >= steps runs every step synchronously)"
-            )
-        if s.get("bucket_mb", 1) <= 0:
-            p.append(f"strategy.bucket_mb must be > 0, got {s.get('bucket_mb')}")
-    if s.get("free_full") and cfg["metrics"]["compare_to_original"]:
-        p.append(
-            "strategy.free_full=true drops the full layers, so the single-device comparison cannot run: "
-            "also set metrics.compare_to_original=false"
-        )
-    latent = _latent_sizes(cfg, p)
-    _check_parallel(cfg, latent, p)
+    _check_parallel(cfg, p)
     r = cfg["runner"]
     if r["timed_runs"] < 1:
         p.append(f"runner.timed_runs must be >= 1, got {r['timed_runs']}")
@@ -273,6 +285,9 @@ def validate(cfg: dict[str, Any]) -> None:
         p.append(f"runner.warmup_runs must be >= 0, got {r['warmup_runs']}")
     if not 0 <= r["trim"] < 1:
         p.append(f"runner.trim must be in [0, 1), got {r['trim']}")
+    _choice(p, "runner.statistic", r["statistic"], RUNNER_STATISTICS)
+    if r["cpu_threads_per_rank"] < 1:
+        p.append(f"runner.cpu_threads_per_rank must be >= 1, got {r['cpu_threads_per_rank']}")
     pr = cfg["prompts"]
     _choice(p, "prompts", pr["name"], ("builtin", "coco"))
     if pr["name"] == "coco" and (not pr.get("path") or not os.path.exists(pr["path"])):
@@ -285,5 +300,23 @@ def validate(cfg: dict[str, Any]) -> None:
     lg = cfg["logger"]
     _choice(p, "logger", lg["name"], LOGGERS)
     _choice(p, "logger.mode", lg["mode"], LOGGER_MODES)
+    _check_job(cfg, p)
     if p:
         raise ConfigError(p)
+
+
+def _check_job(cfg: dict[str, Any], p: list[str]) -> None:
+    """Seed, model id, deadlines, port: what a type cannot refuse (files are checked by distri.job.preflight)."""
+    if cfg["seed"] < 0:
+        p.append(f"seed must be >= 0 (prompt i uses seed + i), got {cfg['seed']}")
+    m = cfg["model"]
+    if m["source"] == "tiny" and m.get("id") not in ("", None, m["name"]):
+        p.append(
+            f"model.id={m['id']!r} is not used by model={m['name']} (built locally, source: tiny); drop "
+            "model.id, or for real weights choose a hub model (e.g. model=sdxl model.id=/path/to/folder)"
+        )
+    r = cfg["runner"]
+    if r["timeout_s"] <= 0:
+        p.append(f"runner.timeout_s must be > 0 seconds, got {r['timeout_s']}")
+    if r.get("port") is not None and not 1024 <= r["port"] <= 65535:
+        p.append(f"runner.port must be in 1024..65535 or null (a free port), got {r['port']}")

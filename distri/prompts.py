@@ -37,15 +37,33 @@ def _clean(caption: Any) -> str:
     return " ".join(str(caption).split())
 
 
+def _json(text: str, path: Path, lineno: int = 1) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        line = lineno + e.lineno - 1
+        raise ValueError(f"{path}:{line}:{e.colno}: not valid JSON ({e.msg}). {_COCO_HELP}") from None
+
+
+def _caption(item: Any, path: Path, where: str) -> str:
+    if isinstance(item, Mapping):
+        if "caption" not in item:
+            raise ValueError(f"{path}: {where} has no 'caption' field. {_COCO_HELP}")
+        item = item["caption"]
+    return _clean(item)
+
+
 def _read_coco_json(path: Path) -> list[str]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = _json(path.read_text(encoding="utf-8"), path)
     if isinstance(data, list):  # a plain list of captions, or of {"caption": ...} records
-        return [_clean(x["caption"] if isinstance(x, Mapping) else x) for x in data]
+        return [_caption(x, path, f"item {i}") for i, x in enumerate(data)]
     if not isinstance(data, Mapping) or "annotations" not in data:
         raise ValueError(f"{path}: expected the COCO captions layout {{'annotations': [...]}} or a list")
     first: dict[Any, str] = {}
-    for ann in data["annotations"]:
-        first.setdefault(ann["image_id"], _clean(ann["caption"]))
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, Mapping) or "image_id" not in ann:
+            raise ValueError(f"{path}: annotations[{i}] has no 'image_id'. {_COCO_HELP}")
+        first.setdefault(ann["image_id"], _caption(ann, path, f"annotations[{i}]"))
     return [first[image_id] for image_id in sorted(first)]
 
 
@@ -55,7 +73,7 @@ def _read_jsonl(path: Path) -> list[str]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            record = _json(line.rstrip(), path, lineno)
             if not isinstance(record, Mapping) or "caption" not in record:
                 raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'caption' field")
             captions.append(_clean(record["caption"]))
@@ -76,17 +94,19 @@ def read_captions(path: str | Path) -> list[str]:
     * ``.jsonl``: one JSON object with a ``caption`` field per line;
     * anything else: text, one caption per line (blank lines skipped).
 
-    Whitespace inside captions is collapsed to single spaces. Raises FileNotFoundError if ``path`` is missing.
+    Whitespace inside captions is collapsed to single spaces. Raises FileNotFoundError if ``path`` is missing,
+    and ValueError naming the file (and the line and column) for malformed JSON, a record without a caption,
+    or a file without any caption.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"captions file not found: {path}. {_COCO_HELP}")
     suffix = path.suffix.lower()
-    if suffix == ".json":
-        return _read_coco_json(path)
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    return _read_txt(path)
+    read = {".json": _read_coco_json, ".jsonl": _read_jsonl}.get(suffix, _read_txt)
+    captions = read(path)
+    if not captions:
+        raise ValueError(f"{path}: no captions in the file. {_COCO_HELP}")
+    return captions
 
 
 def load_prompts(cfg: Mapping[str, Any]) -> list[str]:

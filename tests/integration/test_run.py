@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distri.logging import read_offline_run
+from tests.wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = [
@@ -51,6 +51,8 @@ def test_single_device_run_writes_records_and_wandb(tmp_path):
     for k in ("mean_s", "std_s", "median_s", "min_s", "max_s", "trimmed_mean_s", "per_step_mean_s", "method"):
         assert k in lat
     assert len(lat["per_step_s"]) == 3 and lat["timed_runs"] == 2
+    assert lat["statistic"] == "trimmed_mean_s" and "separate untimed call" in lat["per_step_method"]
+    assert rec["threads_per_rank"] == 1 and "1 CPU thread(s) per rank" in lat["method"]  # as in 2-rank jobs
     assert isinstance(rec["metrics"], dict) and isinstance(rec["comm"], dict)
     assert rec["images"] and Path(rec["images"][0]).is_file()
     run_dir = Path(rec["wandb_dir"])
@@ -74,7 +76,10 @@ def test_sweep_of_patch_strategies_with_failures_kept(tmp_path):
     rows = [json.loads(x) for x in (sweep / "results.jsonl").read_text().splitlines()]
     assert [r["config"]["model"]["name"] for r in rows] == ["tiny_sdxl", "sdxl"]
     ok, bad = rows
-    assert ok["status"] == "ok" and ok["speedup"] > 0
+    assert ok["status"] == "ok" and ok["speedup"] > 0 and ok["speedup_statistic"] == "trimmed_mean_s"
+    assert ok["speedup"] == ok["baseline_latency"]["trimmed_mean_s"] / ok["latency"]["trimmed_mean_s"]
+    assert ok["threads_per_rank"] == 1 and "on every rank at once" in ok["baseline_latency"]["method"]
+    assert ok["comm"]["sync_steps"] == 2 and ok["comm"]["steps_averaged"] == 1  # warm-up 1 + step 0
     assert ok["metrics"]["max_abs_err_vs_orig"] >= 0 and "psnr_vs_orig" in ok["metrics"]
     assert ok["comm"]["bytes_per_step"] > 0 and "conv_halo" in ok["comm"]["by_kind"]
     assert bad["status"] == "failed" and "stabilityai/stable-diffusion-xl-base-1.0" in bad["error"]
@@ -87,3 +92,5 @@ def test_bad_config_fails_before_any_worker(tmp_path):
     assert "world sizes that work at 64 px: [1, 2]" in p.stderr
     rec = json.loads((tmp_path / "bad" / "result.json").read_text())
     assert rec["status"] == "failed" and "env" in rec
+    assert "world sizes that work at 64 px: [1, 2]" in rec["error"]  # the reason, not only "invalid config"
+    assert rec["output_dir"] == str(tmp_path / "bad")

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from distri.config import ConfigError, register_configs, validate
+from distri.config import ConfigError, register_configs, resolve_dtype, validate
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 GROUPS = {
@@ -38,7 +38,7 @@ def test_default_is_the_main_job(cfg_of):
     validate(d)
     assert (d["model"]["name"], d["strategy"]["name"], d["world_size"]) == ("tiny_sdxl", "displaced_patch", 2)
     assert d["strategy"]["mode"] == "corrected_async_gn" and d["strategy"]["warmup_steps"] == 4
-    assert d["device"] == "auto" and d["logger"]["mode"] == "offline"
+    assert d["device"] == "auto" and d["dtype"] == "auto" and d["logger"]["mode"] == "offline"
     assert d["height"] == d["width"] == 256
 
 
@@ -87,6 +87,8 @@ BAD = [
     (["strategy.cfg_split=true", "sampler.guidance_scale=1.0"], "cfg_split needs classifier-free guidance"),
     (["device=tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
     (["dtype=int8"], "unknown dtype 'int8'"),
+    (["device=cpu", "dtype=float16"], "dtype=float16 on the CPU is refused"),
+    (["device=cpu", "dtype=float16"], "Use dtype=auto (float32 on the CPU), float32 or bfloat16"),
     (["runner.timed_runs=0"], "runner.timed_runs must be >= 1"),
     (["prompts=coco", "prompts.path=/nonexistent/captions.json"], "COCO captions file"),
     (["logger.mode=cloud"], "unknown logger.mode 'cloud'"),
@@ -95,6 +97,13 @@ BAD = [
         ["model=tiny_sd15", "world_size=4", "height=128", "width=128"],
         "world sizes that work at 128 px: [1, 2]",
     ),
+    # a parameter the strategy does not have is refused with its valid keys (not a TypeError in the workers)
+    (
+        ["strategy=naive_patch", "+strategy.mode=full_sync"],
+        "strategy naive_patch has no parameter mode; its parameters: cfg_split, split_scheme",
+    ),
+    # tensor parallelism's limits are checked before any worker starts (tiny_sdxl: at most 8 ranks)
+    (["strategy=tensor", "world_size=16"], "tensor degrees (par_size) that work: [1, 2, 3, 4, 5, 6, 7, 8]"),
 ]
 
 
@@ -105,7 +114,73 @@ def test_bad_input_message(cfg_of, overrides, message):
     assert message in str(ei.value)
 
 
+def test_strategy_defaults_come_from_its_dataclass(cfg_of):
+    """One source of defaults: the composed YAML, the dataclass and ``apply`` agree."""
+    from distri.parallel.naive_patch import NaivePatch
+    from distri.parallel.strategy import strategy_from_config
+
+    d = cfg_of("strategy=naive_patch")
+    assert d["strategy"]["split_scheme"] == NaivePatch().split_scheme == "alternate"
+    assert strategy_from_config(d["strategy"]) == NaivePatch()
+
+
 def test_all_problems_reported_together(cfg_of):
     with pytest.raises(ConfigError) as ei:
         validate(cfg_of("device=tpu", "sampler.name=heun"))
     assert len(ei.value.problems) == 2
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16", "float64"])
+def test_cpu_dtypes_that_are_fine(cfg_of, dtype):
+    validate(cfg_of("device=cpu", f"dtype={dtype}"))
+
+
+@pytest.mark.parametrize(
+    "gpus, world_size, refused",
+    [(0, 2, "torch sees no CUDA GPU"), (1, 2, "need one CUDA GPU each but 1 is visible"), (2, 2, None)],
+)
+def test_float16_with_device_auto_is_refused_where_it_would_run_on_the_cpu(
+    cfg_of, monkeypatch, gpus, world_size, refused
+):
+    """device=auto + float16: validation counts the GPUs (as the launcher will) and refuses the CPU fallback."""
+    monkeypatch.setattr("torch.cuda.device_count", lambda: gpus)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    d = cfg_of("device=auto", "dtype=float16", f"world_size={world_size}")
+    if refused is None:
+        validate(d)
+        return
+    with pytest.raises(ConfigError) as ei:
+        validate(d)
+    (problem,) = ei.value.problems
+    assert "dtype=float16 on the CPU is refused" in problem and refused in problem
+
+
+@pytest.mark.parametrize(
+    "dtype, device, expected",
+    [("auto", "cuda", "float16"), ("auto", "cpu", "float32"), ("bfloat16", "cpu", "bfloat16"),
+     ("float16", "cuda", "float16"), ("float32", "cuda", "float32")],
+)  # fmt: skip
+def test_resolve_dtype(dtype, device, expected):
+    assert resolve_dtype(dtype, device) == expected
+
+
+def test_resolve_dtype_refuses_float16_on_cpu():
+    with pytest.raises(ConfigError, match="dtype=float16 on the CPU is refused"):
+        resolve_dtype("float16", "cpu")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["height=100"], ["height=200"], ["height=100", "world_size=4", "strategy=naive_patch"], ["width=90"]],
+)
+def test_suggested_sizes_fit_the_whole_config(cfg_of, overrides):
+    """The sizes a message suggests validate with the rest of the config (world size, strategy) unchanged."""
+    import re
+
+    key = next(o for o in overrides if o.startswith(("height", "width"))).split("=")[0]
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_of(*overrides))
+    suggested = re.search(r"\(e\.g\. ([\d or]+):", str(e.value)).group(1).split(" or ")
+    assert suggested
+    for size in suggested:
+        validate(cfg_of(*[o for o in overrides if not o.startswith(key)], f"{key}={size}"))

@@ -1,4 +1,5 @@
-"""Unit tests for distri.logging (results store, env, W&B offline logging) and the analysis package."""
+"""Unit tests for the job layer's records, results store, environment, W&B offline logging, and the analysis
+package."""
 
 from __future__ import annotations
 
@@ -18,18 +19,11 @@ from PIL import Image
 from analysis.load import flatten, load_results, to_dataframe
 from analysis.tables import format_table
 from analysis.tables import main as tables_main
-from distri.logging import (
-    RESULT_FIELDS,
-    RunLogger,
-    collect_env,
-    failed_record,
-    read_offline_run,
-    read_results,
-    scalar_metrics,
-    to_jsonable,
-    validate_record,
-    write_result,
-)
+from distri.job.environment import collect_env
+from distri.job.record import RESULT_FIELDS, failed_record, to_jsonable, validate_record
+from distri.job.results import read_results, write_result
+from distri.job.wandb_logger import RunLogger, scalar_metrics
+from tests.wandb_offline import read_offline_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,7 +125,7 @@ def test_concurrent_appends_from_four_processes(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        from distri.logging import write_result
+        from distri.job.results import write_result
         p = int(sys.argv[1])
         for i in range({n_per_proc}):
             rec = {{"status": "ok", "proc": p, "i": i, "payload": str(p) * 20000}}
@@ -301,8 +295,8 @@ def test_tables_prints_a_row(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert out[0].split()[:3] == ["model", "strategy", "mode"]
     rows = [line.split() for line in out[2:4]]
     assert rows[0] == ["sdxl", "displaced_patch", "full_sync", "2", "1024", "50", "1.250", "s", "1.80x", "31.50",
-                       "3.00", "MiB", "ok"]  # fmt: skip
-    assert rows[1] == ["sdxl", "none", "-", "2", "1024", "50", "1.250", "s", "-", "inf", "3.00", "MiB", "ok"]
+                       "3.146", "MB", "ok"]  # fmt: skip
+    assert rows[1] == ["sdxl", "none", "-", "2", "1024", "50", "1.250", "s", "-", "inf", "3.146", "MB", "ok"]
     assert "2 job(s): 2 ok, 0 failed" in out[-1]
     assert "displaced_patch" in format_table(load_results(sweep / "results.jsonl"))
 
@@ -317,3 +311,52 @@ def test_tables_prints_a_row(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     assert proc.returncode == 0, proc.stderr
     assert "displaced_patch" in proc.stdout and "psnr_vs_orig" in proc.stdout
+
+
+def test_job_folder_lock_refuses_a_second_live_job(tmp_path: Path) -> None:
+    from distri.job.results import FolderInUse, JobFolderLock
+
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from distri.job.results import JobFolderLock
+        with JobFolderLock(r"{tmp_path}"):
+            print("locked", flush=True)
+            time.sleep(60)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    holder = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderInUse, match=f"in use by another running job \\(pid {holder.pid}\\)"):
+            JobFolderLock(tmp_path).__enter__()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    with JobFolderLock(tmp_path):  # the OS released the dead job's lock
+        pass
+
+
+def test_unwritable_results_fail_before_the_job(tmp_path: Path) -> None:
+    from distri.job.results import check_writable
+
+    root = tmp_path / "sweep"
+    root.mkdir()
+    (root / "results.jsonl").mkdir()  # unwritable even for root (a read-only file is not, to root)
+    with pytest.raises(PermissionError, match="results.jsonl.*hydra.sweep.dir"):
+        check_writable(root / "0", root)
+    check_writable(tmp_path / "job", tmp_path / "job")
+    assert not (tmp_path / "job" / "result.json").exists()  # only probed
+
+
+def test_online_without_a_server_falls_back_to_offline_and_says_so(
+    offline_wandb_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = {"name": "wandb", "mode": "online", "dir": str(offline_wandb_env / "sweep")}
+    logger = RunLogger(cfg, run_name="j", group="g")
+    assert logger.mode == "offline" and logger.enabled
+    logger.finish()
+    assert "not reachable within 5 s; logging offline instead" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -53,3 +54,22 @@ def test_errors(tmp_path):
         load_prompts({"name": "parti"})
     with pytest.raises(ValueError, match="limit"):
         load_prompts({"name": "builtin", "limit": -1})
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("caps.json", '{"annotations": [{"image_id": 1, "caption": "a"},\n  {"image_id": 2,}]}', ":2:"),
+        ("caps.jsonl", '{"caption": "one"}\n{"caption": "two"\n', ":2:"),
+        ("caps.json", "", ":1:1: not valid JSON"),
+        ("caps.json", '{"annotations": []}', "no captions in the file"),
+        ("caps.txt", "\n\n", "no captions in the file"),
+        ("caps.json", '{"annotations": [{"image_id": 1}]}', "annotations[0] has no 'caption'"),
+    ],
+)
+def test_malformed_or_empty_captions_name_the_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        load_prompts({"name": "coco", "path": str(path)})
+    assert str(path) in str(info.value)
