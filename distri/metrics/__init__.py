@@ -1,37 +1,6 @@
-"""Latency and image-fidelity metrics for parallel diffusion sampling runs."""
+"""Latency statistics and image-quality metrics (PSNR, LPIPS, FID, CLIP score) for parallel diffusion runs.
 
-from distri.metrics.latency import (
-    StepTimer,
-    Timer,
-    benchmark,
-    describe_method,
-    latency_stats,
-    synchronize,
-    time_call,
-)
-from distri.metrics.quality import (
-    INF_STR,
-    compare_to_reference,
-    max_abs_err,
-    mean_abs_err,
-    mean_psnr,
-    psnr,
-    psnr_values,
-)
-
-__all__ = [
-    "INF_STR",
-    "StepTimer",
-    "Timer",
-    "benchmark",
-    "compare_to_reference",
-    "describe_method",
-    "latency_stats",
-    "max_abs_err",
-    "mean_abs_err",
-    "mean_psnr",
-    "psnr",
-    "psnr_values",
-    "synchronize",
-    "time_call",
-]
+:mod:`distri.metrics.latency` times pipeline calls; :func:`distri.metrics.compute.compute_metrics` computes every
+quality metric of an image set against its references through the real libraries (``python -m distri.metrics``
+does the same for folders); :mod:`distri.metrics.job` runs them inside a job.
+"""

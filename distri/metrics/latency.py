@@ -21,14 +21,20 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 __all__ = [
+    "STATISTICS",
     "StepTimer",
     "Timer",
     "benchmark",
     "describe_method",
     "latency_stats",
+    "speedup",
     "synchronize",
     "time_call",
+    "trim_count",
 ]
+
+STATISTICS: dict[str, str] = {"trimmed_mean": "trimmed_mean_s", "median": "median_s", "mean": "mean_s"}
+"""A run's headline statistic by name (``runner.statistic``) -> its key in :func:`latency_stats`."""
 
 
 def _device_type(device: Any) -> str:
@@ -61,6 +67,14 @@ def synchronize(device: Any = None) -> None:
             torch.mps.synchronize()
 
 
+def trim_count(trim: float, n: int) -> int:
+    """Samples the trimmed mean drops at *each* end: ``floor(trim * n / 2)``, at least one sample kept.
+
+    (A tolerance of 1e-9 keeps float rounding from dropping one fewer, e.g. ``trim=0.4`` of 5 drops 1 each.)
+    """
+    return min(math.floor(trim * n / 2 + 1e-9), (n - 1) // 2)
+
+
 def latency_stats(samples_s: list[float], trim: float = 0.2) -> dict[str, float | int]:
     """Summary statistics of latency samples (seconds).
 
@@ -83,7 +97,7 @@ def latency_stats(samples_s: list[float], trim: float = 0.2) -> dict[str, float 
     if not 0.0 <= trim < 1.0:
         raise ValueError(f"trim must be in [0, 1), got {trim}")
     n = len(xs)
-    k = math.floor(trim * n / 2)
+    k = trim_count(trim, n)
     ordered = sorted(xs)
     kept = ordered[k : n - k] if k > 0 else ordered
     return {
@@ -152,6 +166,19 @@ def time_call(fn: Callable[[], T], device: Any = None, use_cuda_events: bool = F
     return result, t.elapsed_s
 
 
+def _statistic_text(statistic: str, runs: int, trim: float) -> str:
+    if statistic == "median_s":
+        return f"median of {runs}"
+    if statistic == "mean_s":
+        return f"mean of {runs}"
+    if statistic != "trimmed_mean_s":
+        raise ValueError(f"unknown statistic {statistic!r}; valid: {', '.join(STATISTICS.values())}")
+    k = trim_count(trim, runs)
+    if k == 0:
+        return f"trimmed mean of {runs} (trim {trim:g} drops none)"
+    return f"trimmed mean of {runs} (drops the {k} fastest and the {k} slowest)"
+
+
 def describe_method(
     warmup: int,
     runs: int,
@@ -160,18 +187,34 @@ def describe_method(
     backend: str | None = None,
     what: str = "whole pipeline call",
     synchronised: bool = True,
+    statistic: str = "trimmed_mean_s",
 ) -> str:
     """A short human description of how a latency number was measured.
 
-    Example: ``"whole pipeline call, 2 warm-up + 5 timed runs, device synchronised, trimmed mean drops 20%,
-    cpu/gloo"``. ``trim`` is the total fraction the trimmed mean drops (see :func:`latency_stats`).
+    Example: ``"whole pipeline call, 2 warm-up + 10 timed runs, device synchronised before and after each run
+    only, trimmed mean of 10 (drops the 1 fastest and the 1 slowest), cpu/gloo"``. ``trim`` is the total fraction the trimmed mean drops (see
+    :func:`latency_stats`); ``statistic`` is the key of the headline statistic (a value of :data:`STATISTICS`).
     """
     parts = [what, f"{warmup} warm-up + {runs} timed run{'s' if runs != 1 else ''}"]
-    parts.append("device synchronised" if synchronised else "device NOT synchronised")
-    parts.append(f"trimmed mean drops {trim * 100:g}%")
+    parts.append(
+        "device synchronised before and after each run only" if synchronised else "device NOT synchronised"
+    )
+    parts.append(_statistic_text(statistic, runs, trim))
     where = _device_type(device)
     parts.append(f"{where}/{backend}" if backend else where)
     return ", ".join(parts)
+
+
+def speedup(baseline: dict[str, Any], parallel: dict[str, Any], statistic: str) -> float:
+    """``baseline[statistic] / parallel[statistic]``: the same named statistic on both sides.
+
+    ``statistic`` is a key of :func:`latency_stats` (e.g. ``"trimmed_mean_s"``); a value missing on either
+    side is an error rather than a silent fallback to another statistic.
+    """
+    for side, stats in (("baseline", baseline), ("parallel", parallel)):
+        if statistic not in stats:
+            raise KeyError(f"{side} latency has no {statistic!r} (keys: {', '.join(sorted(stats))})")
+    return float(baseline[statistic]) / float(parallel[statistic])
 
 
 def benchmark(
@@ -221,8 +264,10 @@ class StepTimer:
         st.step_times_s  # one float per step
 
     The first step therefore also includes the pipeline's pre-processing (prompt encoding, latent set-up).
-    Synchronising every step slightly perturbs overlap between steps; use a whole-call :class:`Timer` for the
-    headline latency.
+    Synchronising every step changes what is measured: on a GPU it also waits for asynchronous collectives
+    still in flight, which removes the overlap of communication with the next step's compute. Use it only in
+    a separate, untimed profiling run; the headline latency comes from whole calls (:class:`Timer`) with no
+    synchronisation inside.
     """
 
     def __init__(self, device: Any = None) -> None:
