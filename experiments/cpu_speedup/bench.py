@@ -47,7 +47,7 @@ def bench_task(env, model: str, size: int, steps: int, rounds: int, warmup_steps
     from distri.generate import generate
     from distri.launch import locate
     from distri.models.loader import load_pipeline
-    from distri.runner import ensure_model
+    from distri.worker.job import ensure_model
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
