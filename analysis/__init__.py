@@ -1,1 +1,1 @@
-"""Loading and tabulating sweep results (``results.jsonl``) written by :func:`distri.logging.write_result`."""
+"""Sweep analysis from job records (``results.jsonl`` or W&B): DataFrames, the paper's tables, plots, a notebook."""

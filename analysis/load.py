@@ -1,20 +1,33 @@
-"""Load job records from ``results.jsonl`` files into flat dicts or a pandas DataFrame.
+"""Load job records into flat dicts or a pandas DataFrame: from sweep folders' ``results.jsonl`` or from W&B.
 
-Only the standard library and ``distri.logging`` (which imports no torch) are needed, except for
-:func:`to_dataframe` (pandas). JSONL reading is :func:`distri.logging.read_results`.
+A record is one line of ``results.jsonl`` (README "Results" gives its fields). Reading needs only the standard
+library; :func:`to_dataframe`, :func:`load_frame` and :func:`load_wandb` need pandas (and wandb for the last).
+Nothing here imports distri: the records are the whole interface.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_results_files", "flatten", "load_results", "read_jsonl", "to_dataframe"]
+__all__ = [
+    "find_results_files",
+    "flatten",
+    "load_frame",
+    "load_results",
+    "load_wandb",
+    "read_jsonl",
+    "to_dataframe",
+]
+
+PathLike = str | os.PathLike
 
 
-def find_results_files(path_or_dir: str | os.PathLike) -> list[Path]:
+def find_results_files(path_or_dir: PathLike) -> list[Path]:
     """``[path]`` for a file; for a directory every ``results.jsonl`` below it (recursively), sorted."""
     p = Path(path_or_dir)
     if p.is_file():
@@ -24,24 +37,37 @@ def find_results_files(path_or_dir: str | os.PathLike) -> list[Path]:
     raise FileNotFoundError(f"no such file or directory: {p}")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Parse one JSON object per line, skipping blank lines and (with a warning) lines that are not JSON."""
-    from distri.logging import read_results  # torch-free
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """One JSON object per line; blank lines skipped, lines that are not a JSON object skipped with a warning
+    (e.g. the last line of a job killed mid-write)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                warnings.warn(f"{path}:{n}: skipped a line that is not JSON ({e})", stacklevel=2)
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+            else:
+                warnings.warn(f"{path}:{n}: skipped a line that is not a JSON object", stacklevel=2)
+    return records
 
-    return read_results(path)
 
+def load_results(*paths: PathLike) -> list[dict[str, Any]]:
+    """Records of one or several ``results.jsonl`` files or sweep folders (searched recursively).
 
-def load_results(path_or_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records from a ``results.jsonl`` file, or from every ``results.jsonl`` under a directory.
-
-    Each record gets a ``_source`` key: the path of the file it came from. Blank lines are skipped and
-    corrupt lines (e.g. from a job killed mid-write) skipped with a warning.
+    Each record gets a ``_source`` key: the path of the file it came from.
     """
     records: list[dict[str, Any]] = []
-    for f in find_results_files(path_or_dir):
-        for rec in read_jsonl(f):
-            rec.setdefault("_source", str(f))
-            records.append(rec)
+    for path in paths:
+        for f in find_results_files(path):
+            for rec in read_jsonl(f):
+                rec.setdefault("_source", str(f))
+                records.append(rec)
     return records
 
 
@@ -63,17 +89,61 @@ def flatten(record: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict
     return out
 
 
-def to_dataframe(records: Iterable[Mapping[str, Any]]) -> Any:
-    """A ``pandas.DataFrame`` with one row per record and one column per flattened key.
-
-    Raises:
-        ImportError: if pandas is not installed (``pip install pandas``).
-    """
+def _pandas() -> Any:
     try:
         import pandas as pd
     except ImportError as e:
         raise ImportError(
-            "to_dataframe needs pandas: install it with `pip install pandas` "
-            "(or use analysis.load.flatten / `python -m analysis.tables`, which need only the stdlib)"
+            "analysis DataFrames need pandas, a dependency of distri: `pip install -e .` (or `pip install pandas`)"
         ) from e
-    return pd.DataFrame([flatten(r) for r in records])
+    return pd
+
+
+def to_dataframe(records: Iterable[Mapping[str, Any]]) -> Any:
+    """A ``pandas.DataFrame`` with one row per record and one column per flattened key (no derived columns)."""
+    return _pandas().DataFrame([flatten(r) for r in records])
+
+
+def load_frame(*paths: PathLike, ok_only: bool = False) -> Any:
+    """Records of sweep folders / ``results.jsonl`` files as a DataFrame with the derived columns of
+    :func:`analysis.frame.derive` (``method``, ``latency_s``, ``speedup_vs_1``, ...). ``ok_only`` drops
+    failed and skipped jobs."""
+    from analysis.frame import derive
+
+    records = load_results(*paths)
+    if not records:
+        raise FileNotFoundError(f"no records in any results.jsonl under {', '.join(map(str, paths))}")
+    df = derive(to_dataframe(records))
+    return df[df["status"] == "ok"].reset_index(drop=True) if ok_only else df
+
+
+def _wandb_record(run: Any) -> dict[str, Any] | None:
+    """The distri record of one W&B run: the full record in the summary (``record``), else config + summary."""
+    summary = dict(run.summary._json_dict) if hasattr(run.summary, "_json_dict") else dict(run.summary)
+    full = summary.get("record")
+    if isinstance(full, Mapping):
+        rec = dict(full)
+    else:
+        rec = {k: v for k, v in summary.items() if not k.startswith("_")}
+        rec.setdefault("config", dict(run.config))
+    rec["_source"] = f"wandb:{'/'.join(run.path)}"
+    return rec
+
+
+def load_wandb(path: str, filters: Mapping[str, Any] | None = None, api: Any = None) -> Any:
+    """Runs of the W&B project ``path`` (``entity/project``) as a DataFrame like :func:`load_frame`'s.
+
+    Uses wandb's public API (``wandb.Api().runs(path, filters)``; needs a login or ``WANDB_API_KEY``);
+    ``api`` replaces ``wandb.Api()`` (tests pass a stand-in). distri logs the full record into each run's
+    summary under ``record``; runs without one give their config and summary scalars.
+    """
+    from analysis.frame import derive
+
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    records = [r for r in (_wandb_record(run) for run in api.runs(path, filters=filters)) if r]
+    if not records:
+        raise LookupError(f"no runs in the W&B project {path!r} (filters={filters})")
+    return derive(to_dataframe(records))

@@ -1,10 +1,12 @@
-"""Print a plain-text table of a sweep's results (standard library only).
+"""Print a sweep's tables: one row per job, then the paper's Table 1 and Table 2 layouts.
 
 Usage::
 
-    python -m analysis.tables SWEEP_DIR_OR_RESULTS_JSONL [--sort model,height,strategy] [--failures]
+    python -m analysis.tables SWEEP_DIR [SWEEP_DIR ...] [--table all|jobs|1|2] [--format markdown|latex]
+                              [--predictions FILE] [--sort model,height,strategy] [--failures]
 
-A directory is searched recursively for ``results.jsonl`` files.
+A directory is searched recursively for ``results.jsonl`` files. The jobs table needs the standard library
+only; the paper tables (:mod:`analysis.paper`) need pandas.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from analysis.load import flatten, load_results
+from distri.units import format_bytes
 
 __all__ = ["COLUMNS", "format_table", "main", "rows_from_records"]
 
@@ -36,14 +39,9 @@ def _fmt_num(fmt: str, suffix: str = "") -> Callable[[Any], str]:
 
 
 def _fmt_bytes(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
         return str(v)
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(v) >= scale:
-            return f"{v / scale:.2f} {unit}"
-    return f"{v:.0f} B"
+    return format_bytes(v)
 
 
 def _fmt_plain(v: Any) -> str:
@@ -114,32 +112,68 @@ def format_table(records: Sequence[Mapping[str, Any]], sort: Sequence[str] | Non
     return "\n".join(out)
 
 
+def _paper_tables(
+    records: Sequence[Mapping[str, Any]], which: str, fmt: str, predictions: str | None
+) -> list[str]:
+    """The paper tables of ``records``, rendered (needs pandas)."""
+    from analysis.frame import derive, predictions_frame, read_predictions
+    from analysis.load import to_dataframe
+    from analysis.paper import table1, table2, to_latex, to_markdown
+
+    df = derive(to_dataframe(records))
+    if not (df["status"] == "ok").any():
+        return ["(no ok job: no paper table)"]
+    pred = predictions_frame(read_predictions(predictions)) if predictions else None
+    tables = ([table1(df)] if which in ("all", "1") else []) + (
+        [table2(df, pred)] if which in ("all", "2") else []
+    )
+    render = to_latex if fmt == "latex" else to_markdown
+    return [render(t) for t in tables]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.splitlines()[0])
-    parser.add_argument("path", help="a results.jsonl file or a sweep directory (searched recursively)")
     parser.add_argument(
-        "--sort", default="", help="comma-separated column headers to sort by, e.g. model,height"
+        "paths", nargs="+", help="results.jsonl files or sweep directories (searched recursively)"
+    )
+    parser.add_argument(
+        "--table",
+        choices=("all", "jobs", "1", "2"),
+        default="all",
+        help="jobs: one row per job; 1, 2: the paper's Table 1 / Table 2 layout; all (default): each",
+    )
+    parser.add_argument(
+        "--format", choices=("markdown", "latex"), default="markdown", help="of the paper tables"
+    )
+    parser.add_argument("--predictions", help="cost-model predictions (CSV, JSON or JSON lines) for Table 2")
+    parser.add_argument(
+        "--sort", default="", help="jobs table: comma-separated column headers, e.g. model,height"
     )
     parser.add_argument("--failures", action="store_true", help="also print the error of each failed job")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # fmt: skip
     try:
-        records = load_results(args.path)
+        records = load_results(*args.paths)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not records:
-        print(f"no results found under {args.path}", file=sys.stderr)
+        print(f"no results found under {', '.join(args.paths)}", file=sys.stderr)
         return 1
-    sort = [c.strip() for c in args.sort.split(",") if c.strip()]
-    print(format_table(records, sort=sort or None))
+    if args.table in ("all", "jobs"):
+        sort = [c.strip() for c in args.sort.split(",") if c.strip()]
+        print(format_table(records, sort=sort or None))
+    if args.table != "jobs":
+        for text in _paper_tables(records, args.table, args.format, args.predictions):
+            print("\n" + text)
     failed = [r for r in records if r.get("status") != "ok"]
-    n_ok = len(records) - len(failed)
-    print(f"\n{len(records)} job(s): {n_ok} ok, {len(failed)} failed")
+    n_skipped = sum(r.get("status") == "skipped" for r in records)
+    tail = f", {n_skipped} skipped" if n_skipped else ""
+    print(f"\n{len(records)} job(s): {len(records) - len(failed)} ok, {len(failed) - n_skipped} failed{tail}")
     if args.failures:
         for r in failed:
             name = flatten(r).get("config.name") or flatten(r).get("config.model.name") or "?"
-            print(f"  [{name}] {r.get('error')}")
+            print(f"  [{name}] {r.get('status')}: {r.get('error') or r.get('reason')}")
     return 0
 
 
