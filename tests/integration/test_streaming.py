@@ -7,7 +7,8 @@ into ``<job>/reference`` at once), so memory can be read against progress: in ea
 that of early in it (20-60), up to noise, and no peak may stand far above it. Held images would show: 200
 float images of 256^2 are 157 MB, and even their 8-bit contents 39 MB per set. The process-group timeout is
 60 s, so no rank may wait at a collective for anything like a phase (the old single-device phase kept the
-other ranks at a barrier while rank 0 made every reference).
+other ranks at a barrier while rank 0 made every reference). The metrics phase after both is not sampled
+here: rank 0 then holds the metric backbones (about 150 MB with the stand-ins), which would hide a trend.
 """
 
 from __future__ import annotations
@@ -74,13 +75,13 @@ def test_200_prompts_run_with_flat_memory(tmp_path):
             t.join()
     assert rec["metrics"]["n_images_psnr_vs_orig"] == N and len(rec["reference_images"]) == N
     for rank in (0, 1):
-        for phase, (early, late) in {0: ((20, 60), (160, N)), 1: ((20, 60), (160, N + 1))}.items():
+        for phase, (early, late) in {0: ((20, 60), (160, N)), 1: ((20, 60), (160, N))}.items():
             a, b = window(samples, rank, phase, *early), window(samples, rank, phase, *late)
             growth = statistics.fmean(b) - statistics.fmean(a)
             print(f"rank {rank}, {('images', 'references')[phase]}: {growth:+.1f} MB from early to late")
             assert growth < TREND_BOUND_MB, f"rank {rank} memory grows with the prompts: {growth:.1f} MB"
         start = next(s for s in samples if s[0] >= 20)[2][rank]
-        peak = max(s[2][rank] for s in samples if s[0] >= 20)
+        peak = max(s[2][rank] for s in samples if s[0] >= 20 and s[1] < N)
         assert peak - start < PEAK_BOUND_MB, (
             f"rank {rank}: {start:.0f} MB after 20 images, peak {peak:.0f} MB"
         )
