@@ -128,4 +128,6 @@ def _quality_lines(rec: dict[str, Any]) -> list[str]:
         )
     for metric, why in (m.get("skipped") or {}).items():
         lines.append(f"  {metric}: skipped ({why})")
+    for metric, note in (m.get("notes") or {}).items():
+        lines.append(f"  {metric}: {note}")
     return lines

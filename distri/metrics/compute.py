@@ -13,16 +13,20 @@ stored as a string):
 * ``n_images_<metric>`` for each metric computed, ``backbone_<metric>`` (``real`` or ``stand-in``) for each
   metric with a backbone, ``backbone_names`` (what each backbone is), ``quality_method`` (how it was measured);
 * ``skipped``: ``{metric: reason}`` for every metric not computed (reference absent, disabled, too few images
-  or degenerate FID statistics).
+  or degenerate FID statistics);
+* ``notes``: ``{metric: text}`` for a metric computed with a caveat (FID from no more images than feature
+  dimensions: the covariances are singular, so the value is biased and only a smoke test).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.linalg import LinAlgWarning
 
 from distri.metrics.backbones import (
     Backbones,
@@ -73,6 +77,7 @@ class _Run:
         self.o, self.bb, self.device = o, bb, device
         self.record: dict[str, Any] = {}
         self.skipped: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
         self.kw = {
             "device": device,
             "batch_size": o.batch_size,
@@ -130,11 +135,22 @@ class _Run:
         g, values = clean_fid_features(gen, feats, desc="FID generated", **self.kw), {}
         for name, paths in refs.items():
             r = clean_fid_features(paths, feats, desc=f"FID {name}", **self.kw)
-            # clean-fid raises "Imaginary component" for degenerate covariances (few images): skip, say why
-            try:
-                values[name] = fid_from_features(g, r)
-            except ValueError as e:
-                self.skipped[f"fid_vs_{name}"] = f"FID undefined for these {len(gen)} images (clean-fid: {e})"
+            # clean-fid raises "Imaginary component" for degenerate covariances (few images): skip, say why.
+            # With no more images than features the covariances are singular (rank <= n - 1): scipy may warn
+            # of it; the record's note says it instead, for every such set
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", LinAlgWarning)
+                try:
+                    values[name] = fid_from_features(g, r)
+                except ValueError as e:
+                    self.skipped[f"fid_vs_{name}"] = (
+                        f"FID undefined for these {len(gen)} images (clean-fid: {e})"
+                    )
+            if name in values and min(len(g), len(r)) <= g.shape[1]:
+                self.notes[f"fid_vs_{name}"] = (
+                    f"singular covariance: {min(len(g), len(r))} images for {g.shape[1]} features, so this FID "
+                    "is biased (a smoke test; the paper uses 5,000 images)"
+                )
         return values
 
     def clip(self, gen: list[Path], prompts: list[str]) -> None:
@@ -179,6 +195,7 @@ def compute_metrics(
     if run.wanted("clip_score", "clip_score", prompts, NO_PROMPTS):
         run.clip(gen, prompts)
     run.record["skipped"] = {m: run.skipped[m] for m in ALL_METRICS if m in run.skipped}
+    run.record["notes"] = dict(run.notes)
     run.record["backbone_names"] = {m: b.label() for m, b in run.bb.items.items()}
     run.record["quality_method"] = describe_quality(o, run.bb, run.record)
     return run.record

@@ -229,6 +229,22 @@ def test_a_degenerate_fid_is_skipped_with_the_librarys_reason(sets, monkeypatch)
     assert "fid_vs_orig" not in rec and "Imaginary component 0.5" in rec["skipped"]["fid_vs_orig"]
 
 
+def test_fid_from_fewer_images_than_features_is_noted_not_warned(sets) -> None:
+    """2 images (scipy then warns of a singular matrix) and 24, for 64 stand-in features: singular covariances.
+    The value stays clean-fid's, with a note; 2 images must not warn."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", DeprecationWarning)  # clean-fid passes scipy's deprecated `disp`
+        two = compute_metrics(list_images(sets["base"])[:2], list_images(sets["noise24"])[:2],
+                              options={**OPTS, "compute": ["fid"]})  # fmt: skip
+    assert two["notes"]["fid_vs_orig"].startswith("singular covariance: 2 images for 64 features")
+    rec = compute_metrics(sets["base"], sets["noise24"], options={**OPTS, "compute": ["fid"]})
+    assert rec["fid_vs_orig"] == pytest.approx(_fid(sets["base"], sets["noise24"]))
+    assert "singular covariance: 24 images for 64 features" in rec["notes"]["fid_vs_orig"]
+
+
 def test_pairing_errors_are_clear(sets, tmp_path) -> None:
     few = list_images(sets["noise8"])[:3]
     with pytest.raises(ValueError, match="24 generated images but 3 originals"):
