@@ -111,7 +111,7 @@ def test_a_rank_hanging_ends_after_the_timeout(tmp_path, at):
     rec = _failed(Job(tmp_path, f"fault='rank=1,at={at},kind=hang'", "runner.timeout_s=25"), limit_s=300)
     assert "made no progress for" in rec["error"] and "runner.timeout_s=25" in rec["error"]
     if at != "start":
-        assert "rank 1: warm-up and timed runs, step 2/3: fault injection (hang)" in rec["error"]
+        assert "rank 1: timed run 1/1, step 2/3: fault injection (hang)" in rec["error"]
 
 
 @pytest.mark.parametrize(
