@@ -27,6 +27,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def _record_and_log(rec: dict[str, Any], d: dict[str, Any], job_dir: str, root: 
         append_to_sweep(rec, root)
 
 
-def _refused(d: dict[str, Any], e: ConfigError, job_dir: str, root: str, name: str) -> None:
+def _refused(d: dict[str, Any], e: ConfigError, job_dir: str, root: str, name: str, t0: float) -> None:
     """A job refused by validation, before any worker: ``skipped`` when the strategy says the combination
     cannot run (:class:`~distri.config.Infeasible`; not a failure), else ``failed`` (a mistake to fix)."""
     from distri.job.execute import runtime_config
@@ -133,7 +134,7 @@ def _refused(d: dict[str, Any], e: ConfigError, job_dir: str, root: str, name: s
 
     skipped = isinstance(e, Infeasible)
     print(f"{'skipped' if skipped else 'error'}: {e}", file=sys.stderr)
-    rec = failed_record(runtime_config(d), e, output_dir=job_dir)
+    rec = failed_record(runtime_config(d), e, output_dir=job_dir, wall_s=time.monotonic() - t0)
     before = records_of(root, rec["config_hash"])[-1:] if skipped else []
     if (torchrun_rank() or 0) == 0 and not (before and before[0]["error"] == rec["error"]):
         write_result(rec, job_dir, root)  # a sweep run again does not repeat its skipped lines
@@ -169,12 +170,13 @@ def main(cfg: DictConfig) -> None:
     from distri.job.execute import already_done
     from distri.job.results import FolderInUse, JobFolderLock
 
+    t0 = time.monotonic()
     job_dir, root, name = _paths()
     d = OmegaConf.to_container(cfg, resolve=True)
     try:
         validate(d)
     except ConfigError as e:
-        _refused(d, e, job_dir, root, name)
+        _refused(d, e, job_dir, root, name, t0)
         return
     if already_done(d, root):
         print(
