@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from analysis.load import load_results
-from distri.config import ConfigError, Infeasible, register_configs, validate
+from distri.config import ConfigError, Infeasible, validate
 from distri.job.progress import ProgressDisplay
 from distri.job.record import config_hash, failed_record
 from distri.job.results import latest_per_job, records_of
@@ -21,20 +18,6 @@ from distri.job.summary import sweep_table
 from distri.job.wandb_logger import RunLogger, run_identity, scalar_metrics, step_rows
 from distri.worker.env import Report
 from tests.wandb_offline import read_offline_run
-
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-@pytest.fixture(scope="module")
-def cfg_of():
-    register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-
-        def f(*overrides: str) -> dict:
-            return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-
-        yield f
-
 
 # ------------------------------------------------------------------------------------------ config hash
 
