@@ -11,6 +11,7 @@ import pytest
 
 from analysis.load import load_results
 from distri.config import ConfigError, Infeasible, validate
+from distri.job.execute import already_done, runtime_config
 from distri.job.progress import ProgressDisplay
 from distri.job.record import config_hash, failed_record
 from distri.job.results import latest_per_job, records_of
@@ -32,6 +33,20 @@ def test_config_hash_ignores_how_a_job_is_run_but_not_what_it_measures(cfg_of):
     for key, value in (("world_size", 4), ("seed", 1), ("height", 512)):
         assert config_hash({**d, key: value}) != config_hash(d), key
     assert config_hash({**d, "sampler": {**d["sampler"], "name": "euler"}}) != config_hash(d)
+
+
+def test_a_job_with_an_ok_record_is_done_unless_forced(cfg_of, tmp_path):
+    d = cfg_of("strategy=naive_patch", "world_size=2")
+    assert not already_done(d, str(tmp_path))  # no results.jsonl yet
+    digest = config_hash(runtime_config(d))  # as the record's: device and dtype resolved
+    assert runtime_config(d)["device"] in ("cpu", "cuda") and config_hash(d) != digest
+    (tmp_path / "results.jsonl").write_text(json.dumps({"status": "failed", "config_hash": digest}) + "\n")
+    assert not already_done(d, str(tmp_path))  # a failed record: run it again
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write(json.dumps({"status": "ok", "config_hash": digest}) + "\n")
+    assert already_done(d, str(tmp_path)) and already_done({**d, "logger": {"name": "none"}}, str(tmp_path))
+    assert not already_done({**d, "force": True}, str(tmp_path))
+    assert not already_done({**d, "seed": 1}, str(tmp_path))
 
 
 # ------------------------------------------------------------------------------- skipped versus failed
