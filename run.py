@@ -6,9 +6,14 @@
 
 Each job writes ``result.json`` into its output folder and appends the same record to ``results.jsonl`` in the
 sweep (or run) folder; W&B gets the record after it is on disk (offline by default). A failing job is
-recorded with ``status: failed`` and the sweep goes on; the command exits non-zero if any job failed. SIGINT
-(Ctrl-C) or SIGTERM records the running job as ``interrupted``, stops its workers and ends the command (exit
-code 130). A job holds a lock on its folder: a second live job given the same folder is refused.
+recorded with ``status: failed`` and the sweep goes on; the command exits non-zero if any job failed. A
+combination the strategy cannot run (:class:`distri.config.Infeasible`) is recorded as ``skipped`` without
+starting workers and does not count as a failure. A job whose configuration already has an ``ok`` record in
+the folder's ``results.jsonl`` is skipped (no line added; ``force=true`` runs it again), so the same command
+with the same ``hydra.sweep.dir`` resumes an interrupted sweep. SIGINT (Ctrl-C) or SIGTERM records the
+running job as ``interrupted``, stops its workers and ends the command (exit code 130) before the next job.
+A job holds a lock on its folder: a second live job given the same folder is refused. At the end of a
+multirun ``hydra_plugins/distri_callbacks.py`` prints the sweep's table.
 
 Under ``torchrun`` (``torchrun --nproc_per_node=N run.py world_size=N ...``) every rank runs this script, and
 only global rank 0 writes files and logs (the other ranks send Hydra's folder to a temporary one); a failure
@@ -22,6 +27,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from distri.config import ConfigError, register_configs, validate
+from distri.config import ConfigError, Infeasible, register_configs, validate
 from distri.job.execute import interrupt_on_sigterm
 from distri.job.summary import summary
 from distri.slurm import leave as leave_srun_step
@@ -93,13 +99,17 @@ def _hydra_quiet_on_other_ranks() -> str | None:
 def _record_and_log(rec: dict[str, Any], d: dict[str, Any], job_dir: str, root: str, name: str) -> None:
     """``result.json`` first, then W&B (which can block or fail), then the sweep's line, whatever happens."""
     from distri.job.results import append_to_sweep, write_job_file
-    from distri.job.wandb_logger import RunLogger
+    from distri.job.wandb_logger import RunLogger, run_identity
 
     write_job_file(rec, job_dir)
     try:
         lg = dict(d["logger"])
         lg["dir"] = lg.get("dir") or job_dir
-        logger = RunLogger(lg, run_name=name, group=Path(root).name if root != job_dir else None, config=d)
+        run_name, tags = run_identity(d, name)
+        lg["tags"] = [*tags, *(lg.get("tags") or [])]
+        logger = RunLogger(
+            lg, run_name=run_name, group=Path(root).name if root != job_dir else None, config=d
+        )
         logger.log_result(rec, images=rec["images"][:LOGGED_IMAGES], captions=rec.get("prompts"))
         wandb_dir = logger.finish()
         if wandb_dir:
@@ -115,14 +125,21 @@ def _record_and_log(rec: dict[str, Any], d: dict[str, Any], job_dir: str, root: 
         append_to_sweep(rec, root)
 
 
-def _config_failure(d: dict[str, Any], e: Exception, job_dir: str, root: str, name: str) -> None:
+def _refused(d: dict[str, Any], e: ConfigError, job_dir: str, root: str, name: str, t0: float) -> None:
+    """A job refused by validation, before any worker: ``skipped`` when the strategy says the combination
+    cannot run (:class:`~distri.config.Infeasible`; not a failure), else ``failed`` (a mistake to fix)."""
+    from distri.job.execute import runtime_config
     from distri.job.record import failed_record
-    from distri.job.results import write_result
+    from distri.job.results import records_of, write_result
 
-    print(f"error: {e}", file=sys.stderr)
-    if (torchrun_rank() or 0) == 0:
-        write_result(failed_record(d, e, output_dir=job_dir), job_dir, root)
-    _failed(name)
+    skipped = isinstance(e, Infeasible)
+    print(f"{'skipped' if skipped else 'error'}: {e}", file=sys.stderr)
+    rec = failed_record(runtime_config(d), e, output_dir=job_dir, wall_s=time.monotonic() - t0)
+    before = records_of(root, rec["config_hash"])[-1:] if skipped else []
+    if (torchrun_rank() or 0) == 0 and not (before and before[0]["error"] == rec["error"]):
+        write_result(rec, job_dir, root)  # a sweep run again does not repeat its skipped lines
+    if not skipped:
+        _failed(name)
 
 
 def _run_job(d: dict[str, Any], job_dir: str, root: str, name: str) -> None:
@@ -150,14 +167,23 @@ def _run_job(d: dict[str, Any], job_dir: str, root: str, name: str) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from distri.job.execute import already_done
     from distri.job.results import FolderInUse, JobFolderLock
 
+    t0 = time.monotonic()
     job_dir, root, name = _paths()
     d = OmegaConf.to_container(cfg, resolve=True)
     try:
         validate(d)
     except ConfigError as e:
-        _config_failure(d, e, job_dir, root, name)
+        _refused(d, e, job_dir, root, name, t0)
+        return
+    if already_done(d, root):
+        print(
+            f"skipped: already done (an ok record of this configuration is in {Path(root) / 'results.jsonl'}; "
+            "force=true runs it again)",
+            file=sys.stderr,
+        )
         return
     try:
         with JobFolderLock(job_dir):

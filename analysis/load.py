@@ -60,14 +60,19 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
 def load_results(*paths: PathLike) -> list[dict[str, Any]]:
     """Records of one or several ``results.jsonl`` files or sweep folders (searched recursively).
 
-    Each record gets a ``_source`` key: the path of the file it came from.
+    Each record gets a ``_source`` key: the path of the file it came from. Within one file a job counts once:
+    of records with the same ``config_hash`` (a job that failed and was run again, or recomputed with
+    ``force=true``) only the last is kept.
     """
     records: list[dict[str, Any]] = []
     for path in paths:
         for f in find_results_files(path):
-            for rec in read_jsonl(f):
-                rec.setdefault("_source", str(f))
-                records.append(rec)
+            recs = read_jsonl(f)
+            last = {r["config_hash"]: i for i, r in enumerate(recs) if r.get("config_hash")}
+            for i, rec in enumerate(recs):
+                if last.get(rec.get("config_hash"), i) == i:
+                    rec.setdefault("_source", str(f))
+                    records.append(rec)
     return records
 
 

@@ -30,9 +30,19 @@ RUNNER_STATISTICS = ("trimmed_mean", "median", "mean")  # keys of distri.metrics
 class ConfigError(ValueError):
     """One or more problems with a config; the message lists each with what to change."""
 
+    HEADING = "invalid config"
+
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__(f"{self.HEADING}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Infeasible(ConfigError):
+    """A well-formed config that cannot run this model at this size: only misfits that the strategy itself
+    declares (:class:`distri.parallel.strategy.Checks`), no mistake. A job raising it is recorded as
+    ``skipped`` (not ``failed``), so a sweep over world sizes and strategies passes over the impossible cells."""
+
+    HEADING = "cannot run this combination"
 
 
 @dataclass
@@ -120,6 +130,7 @@ class Config:
     device: str = "auto"  # auto: cuda when every rank can have its own GPU, else cpu
     dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
     fault: str | None = None  # fault injection, e.g. "rank=1,at=step:2,kind=hang" (see distri.faults)
+    force: bool = False  # run even when the sweep folder already holds an ok record of this job
 
 
 def register_configs() -> None:
@@ -223,7 +234,7 @@ def _fits(cfg: dict[str, Any], down: int, unet: Any) -> bool:
 
     problems: list[str] = []
     latent = _latent_sizes(cfg, down, problems)
-    return not problems and not check(cfg["strategy"], _fit(cfg, down, unet, latent))
+    return not problems and not any(check(cfg["strategy"], _fit(cfg, down, unet, latent)))
 
 
 def _near(cfg: dict[str, Any], key: str, down: int, unet: Any) -> str:
@@ -241,30 +252,31 @@ def _near(cfg: dict[str, Any], key: str, down: int, unet: Any) -> str:
     )
 
 
-def _check_parallel(cfg: dict[str, Any], problems: list[str]) -> None:
-    """World size, CFG split and the strategy's own checks (its parameters, the degrees that fit the model)."""
+def _check_parallel(cfg: dict[str, Any], problems: list[str], misfits: list[str]) -> None:
+    """World size, CFG split and the strategy's own checks: its parameters (``problems``) and the degrees
+    that fit the model at this size (``misfits``)."""
     from distri.models.adapters import unet_downsamples
     from distri.models.denoiser import find_unet_config
     from distri.parallel.strategy import check
 
     s, n = cfg["strategy"], cfg["world_size"]
-    split = bool(s.get("cfg_split"))
     if n < 1:
         problems.append(f"world_size must be >= 1, got {n}")
         return
-    if split and n % 2:
-        problems.append(f"cfg_split needs an even world_size (2 x parallel degree), got {n}")
-        return
-    if split and cfg["sampler"]["guidance_scale"] <= 1:
+    if s.get("cfg_split") and cfg["sampler"]["guidance_scale"] <= 1:
         problems.append("cfg_split needs classifier-free guidance: set sampler.guidance_scale > 1")
     unet = find_unet_config(cfg["model"])
     down = 0 if unet is None else unet_downsamples(unet)
-    problems += check(s, _fit(cfg, down, unet, _latent_sizes(cfg, down, problems, unet)))
+    found = check(s, _fit(cfg, down, unet, _latent_sizes(cfg, down, problems, unet)))
+    problems += found.problems
+    misfits += found.misfits
 
 
 def validate(cfg: dict[str, Any]) -> None:
-    """Check a resolved config dict; raise :class:`ConfigError` listing every problem and the fix."""
+    """Check a resolved config dict; raise :class:`ConfigError` listing every problem and the fix, or
+    :class:`Infeasible` when the only problems are the strategy's misfits (a combination that cannot run)."""
     p: list[str] = []
+    misfits: list[str] = []
     _choice(p, "device", cfg["device"], DEVICES)
     _choice(p, "dtype", cfg["dtype"], DTYPES)
     _check_dtype(cfg, p)
@@ -277,7 +289,7 @@ def validate(cfg: dict[str, Any]) -> None:
         p.append(f"sampler.num_inference_steps must be >= 1, got {steps}")
     if sm["guidance_scale"] < 0:
         p.append(f"sampler.guidance_scale must be >= 0, got {sm['guidance_scale']}")
-    _check_parallel(cfg, p)
+    _check_parallel(cfg, p, misfits)
     r = cfg["runner"]
     if r["timed_runs"] < 1:
         p.append(f"runner.timed_runs must be >= 1, got {r['timed_runs']}")
@@ -302,7 +314,9 @@ def validate(cfg: dict[str, Any]) -> None:
     _choice(p, "logger.mode", lg["mode"], LOGGER_MODES)
     _check_job(cfg, p)
     if p:
-        raise ConfigError(p)
+        raise ConfigError(p + misfits)
+    if misfits:
+        raise Infeasible(misfits)
 
 
 def _check_job(cfg: dict[str, Any], p: list[str]) -> None:

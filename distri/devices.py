@@ -61,15 +61,16 @@ def auto_device(world_size: int) -> tuple[str, str]:
     )
 
 
-def resolve_device(device: str, world_size: int = 1) -> str:
-    """``auto`` -> ``cuda`` or ``cpu`` (printing why not CUDA); ``cuda`` with too few GPUs raises.
+def resolve_device(device: str, world_size: int = 1, say: bool = True) -> str:
+    """``auto`` -> ``cuda`` or ``cpu`` (printing why not CUDA, unless ``say`` is false); ``cuda`` with too few
+    GPUs raises.
 
     Raises ``RuntimeError`` naming what to change when ``device="cuda"`` but fewer than :func:`gpus_needed`
     GPUs are visible. Under ``torchrun`` only rank 0 prints.
     """
     if device == "auto":
         device, reason = auto_device(world_size)
-        if reason and os.environ.get("RANK", "0") == "0":
+        if reason and say and os.environ.get("RANK", "0") == "0":
             print(f"distri: {reason}", flush=True)
         return device
     if device == "cuda":
@@ -82,7 +83,7 @@ def resolve_device(device: str, world_size: int = 1) -> str:
     return device
 
 
-def resolve_runtime(cfg: dict[str, Any]) -> dict[str, Any]:
+def resolve_runtime(cfg: dict[str, Any], say: bool = True) -> dict[str, Any]:
     """A copy of a validated config with ``device`` and ``dtype`` resolved (``cuda``/``cpu``, a dtype name).
 
     The workers receive (and the record keeps) the resolved values. Raises
@@ -90,7 +91,7 @@ def resolve_runtime(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     from distri.config import resolve_dtype
 
-    device = resolve_device(cfg["device"], cfg["world_size"])
+    device = resolve_device(cfg["device"], cfg["world_size"], say)
     return {**cfg, "device": device, "dtype": resolve_dtype(cfg["dtype"], device)}
 
 

@@ -28,6 +28,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch.multiprocessing as mp
@@ -67,7 +68,8 @@ class WorkerPool:
     Use as a context manager. ``threads`` sets ``torch.set_num_threads`` in every worker (CPU: default
     ``max(1, cpu_count // world_size)`` so ranks do not oversubscribe the cores). ``timeout_s``: the watchdog's
     limit on silence (see the module doc); the process groups get it plus a grace period. ``port``: the
-    rendezvous port (None: a free one).
+    rendezvous port (None: a free one). ``on_progress(rank, report)``: called in this process with every
+    progress report (a :class:`~distri.worker.env.Report` or a text) as it arrives.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class WorkerPool:
         threads: int | None = None,
         start_timeout_s: float = 300.0,
         port: int | None = None,
+        on_progress: Callable[[int, Any], None] | None = None,
     ) -> None:
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -85,6 +88,7 @@ class WorkerPool:
         self.device = resolve_device(device, world_size)  # cuda: one GPU per rank, or it raises
         self.threads = max(1, (os.cpu_count() or 1) // world_size) if threads is None else threads
         self.timeout_s = timeout_s
+        self.on_progress = on_progress
         self._mp = mp.get_context("spawn")
         self._closed = True
         for attempt in range(PORT_TRIES):
@@ -275,7 +279,9 @@ class WorkerPool:
                         f"worker rank {r} died (exit code {p.exitcode}) while {self._phase[r]}", r, None
                     )
             if status == "progress":
-                self._phase[rank], last[rank] = payload, time.monotonic()
+                self._phase[rank], last[rank] = str(payload), time.monotonic()
+                if self.on_progress is not None:
+                    self.on_progress(rank, payload)
                 continue
             if status == "error":
                 self._error(rank, payload)

@@ -27,6 +27,7 @@ import os
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ POLL_S = 0.2
 STORE_TIMEOUT_S = 120.0
 _TERMINATED = threading.Event()
 _JOB_SEQ = itertools.count()
+_DECISIONS = itertools.count()
 
 
 def torchrun_rank() -> int | None:
@@ -59,19 +61,34 @@ def defer_sigterm() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def _store(prefix: str) -> Any:
+    """torchrun's TCP store (hosted by its agent, or by rank 0 under srun), keys under ``distri/.../prefix``."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        timeout=timedelta(seconds=STORE_TIMEOUT_S),
+    )  # fmt: skip
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"distri/{run_id}/{restart}/{prefix}", store)
+
+
+def rank0_decides(value: bool) -> bool:
+    """Rank 0's ``value``, on every rank: for what only rank 0 can see (the sweep folder; the other ranks'
+    Hydra folders are temporary ones). Every rank must call it at the same point of the same jobs."""
+    store = _store(f"decision/{next(_DECISIONS)}/")
+    if torchrun_rank() == 0:
+        store.set("value", json.dumps(value))
+        return value
+    return bool(json.loads(store.get("value")))
+
+
 class _Failures:
     """This job's failures in torchrun's TCP store, numbered in the order the ranks reported them."""
 
     def __init__(self, job_seq: int) -> None:
-        import torch.distributed as dist
-
-        store = dist.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-            timeout=timedelta(seconds=STORE_TIMEOUT_S),
-        )  # fmt: skip
-        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        self.store = dist.PrefixStore(f"distri/{run_id}/{restart}/{job_seq}/", store)
+        self.store = _store(f"{job_seq}/")
 
     def report(self, rank: int, tb: str) -> None:
         n = self.store.add("count", 1)
@@ -94,8 +111,11 @@ class _Failures:
             pass
 
 
-def run_in_place(cfg: dict[str, Any], job_dir: str, threads: int) -> dict[str, Any] | None:
-    """Run the job on this torchrun rank; rank 0's record, None on the others; WorkerError on any failure."""
+def run_in_place(
+    cfg: dict[str, Any], job_dir: str, threads: int, progress: Callable[[Any], None] | None = None
+) -> dict[str, Any] | None:
+    """Run the job on this torchrun rank; rank 0's record, None on the others; WorkerError on any failure.
+    ``progress``: called with this rank's progress reports (:class:`distri.worker.env.Report`)."""
     import torch
 
     from distri.launch import WorkerError
@@ -118,6 +138,8 @@ def run_in_place(cfg: dict[str, Any], job_dir: str, threads: int) -> dict[str, A
     def job() -> None:
         try:
             env = torchrun_env(cfg["device"], cfg["runner"]["timeout_s"])
+            if progress is not None:
+                env.progress = progress
             box["record"] = run_job(env, cfg, job_dir)
         except BaseException:  # noqa: BLE001 - reported to every rank below
             box["traceback"] = traceback.format_exc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,25 @@ def _cache_and_offline(tmp_path_factory):
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     yield
+
+
+@pytest.fixture(scope="module")
+def cfg_of():
+    """``cfg_of(*overrides)``: conf/config.yaml composed with Hydra's overrides, resolved to a plain dict."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from distri.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(
+        config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"
+    ):
+
+        def f(*overrides: str) -> dict:
+            return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+        yield f
 
 
 def make_pool(world_size: int):

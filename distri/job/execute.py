@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from distri.job.progress import ProgressDisplay
 from distri.job.record import JobRecord
 
 POOL_TASK = "distri.worker.job:run_job"
@@ -47,31 +48,37 @@ def warn_oversubscribed(cfg: dict[str, Any]) -> None:
         )
 
 
-def _run_pool(cfg: dict[str, Any], job_dir: str) -> dict[str, Any]:
+def _run_pool(cfg: dict[str, Any], job_dir: str, display: ProgressDisplay) -> dict[str, Any]:
     from distri.launch import WorkerPool
 
     if cfg["model"]["source"] == "tiny":  # built here, outside torch.distributed (see ensure_model)
         from distri.models.tiny import build_tiny
 
         build_tiny(cfg["model"]["name"], cfg["model"].get("cache_dir"))
-    r = cfg["runner"]
+    r, n = cfg["runner"], cfg["world_size"]
+    display(0, f"starting {n} worker process{'es' if n > 1 else ''} ({cfg['device']})")
     pool = WorkerPool(
-        cfg["world_size"], cfg["device"], r["timeout_s"], r["cpu_threads_per_rank"], port=r["port"]
+        n, cfg["device"], r["timeout_s"], r["cpu_threads_per_rank"], port=r["port"], on_progress=display
     )
     with pool:
         return pool.run(POOL_TASK, cfg=cfg, job_dir=job_dir)[0]
 
 
 def _launch(cfg: dict[str, Any], job_dir: str, env_info: dict[str, Any]) -> dict[str, Any] | None:
-    """Rank 0's measurements (None on another torchrun rank)."""
+    """Rank 0's measurements (None on another torchrun rank); rank 0's progress shown on stderr."""
     from distri.slurm import in_srun_step
     from distri.torchrun import run_in_place, torchrun_rank
 
-    if torchrun_rank() is not None:
-        env_info["launcher"] = "srun" if in_srun_step() else "torchrun"
-        return run_in_place(cfg, job_dir, cfg["runner"]["cpu_threads_per_rank"])
-    env_info["launcher"] = "distri.launch.WorkerPool (spawn)"
-    return _run_pool(cfg, job_dir)
+    display = ProgressDisplay()
+    try:
+        if torchrun_rank() is not None:
+            env_info["launcher"] = "srun" if in_srun_step() else "torchrun"
+            shown = (lambda report: display(0, report)) if torchrun_rank() == 0 else None
+            return run_in_place(cfg, job_dir, cfg["runner"]["cpu_threads_per_rank"], progress=shown)
+        env_info["launcher"] = "distri.launch.WorkerPool (spawn)"
+        return _run_pool(cfg, job_dir, display)
+    finally:
+        display.close()
 
 
 def _failure(cfg: dict[str, Any], e: BaseException, env_info: dict[str, Any]) -> JobRecord:
@@ -86,6 +93,32 @@ def _failure(cfg: dict[str, Any], e: BaseException, env_info: dict[str, Any]) ->
             rec.traceback = e.worker_traceback
             rec.error = f"rank {e.rank}: {e.worker_traceback.strip().splitlines()[-1]}"
     return rec
+
+
+def already_done(cfg: dict[str, Any], sweep_root: str) -> bool:
+    """Whether ``sweep_root/results.jsonl`` holds an ``ok`` record of this job: one whose ``config_hash``
+    (:func:`distri.job.record.config_hash`) is that of ``cfg`` with its device and dtype resolved, as the
+    record's would be. Always False with ``force: true``. Under ``torchrun`` rank 0 decides for every rank."""
+    from distri.job.record import config_hash
+    from distri.job.results import records_of
+    from distri.torchrun import rank0_decides, torchrun_rank
+
+    if cfg.get("force"):
+        return False
+    found = any(r["status"] == "ok" for r in records_of(sweep_root, config_hash(runtime_config(cfg))))
+    return rank0_decides(found) if torchrun_rank() is not None else found
+
+
+def runtime_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with device and dtype resolved as a job's record holds them (quietly), or ``cfg`` as it is
+    where they cannot be resolved here (then the job cannot start, and its record says why)."""
+    from distri.config import ConfigError
+    from distri.devices import resolve_runtime
+
+    try:
+        return resolve_runtime(cfg, say=False)
+    except (ConfigError, RuntimeError, KeyError, ValueError):
+        return cfg
 
 
 def execute(cfg: dict[str, Any], job_dir: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import hashlib
 import json
 import math
 import os
@@ -20,10 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-STATUSES = ("ok", "failed", "interrupted")
+STATUSES = ("ok", "failed", "interrupted", "skipped")
 
 RESULT_FIELDS: dict[str, str] = {
-    "status": '"ok", "failed" (the job raised, a rank died or went silent) or "interrupted" (SIGINT/SIGTERM).',
+    "status": '"ok", "failed" (the job raised, a rank died or went silent), "interrupted" (SIGINT/SIGTERM) '
+    'or "skipped" (a combination the strategy cannot run; no worker started).',
     "error": "None, or a one-line error message (``ExceptionType: message``) when status is not ok.",
     "traceback": "None, or the full formatted traceback when status is not ok.",
     "config": "The fully resolved job configuration (nested dict, no interpolations left).",
@@ -35,7 +37,8 @@ RESULT_FIELDS: dict[str, str] = {
     "comm": "Communication accounting, e.g. bytes_per_step and per-kind breakdowns; {} if none.",
     "images": "List of paths (strings) of the saved sample images; [] if none.",
 }
-"""The record contract: every record has at least these keys (others, e.g. ``speedup``, may be present)."""
+"""The record contract: every record has at least these keys (others, e.g. ``speedup``, may be present; every
+record distri writes has ``config_hash``, :func:`config_hash` of its ``config``, which a sweep resumes by)."""
 
 
 def _float(x: float) -> float | str | None:
@@ -113,6 +116,35 @@ def validate_record(record: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+NOT_HASHED = (
+    ("force",),
+    ("logger",),
+    ("runner", "timeout_s"),
+    ("runner", "port"),
+    ("metrics", "progress"),
+    ("metrics", "num_workers"),
+    ("metrics", "batch_size"),
+    ("metrics", "originals_dir"),
+    ("model", "cache_dir"),
+)
+"""Configuration keys left out of :func:`config_hash`: they say how a job is run, watched, logged or where
+its caches are, not what it measures (Hydra's own keys and paths are never in a job's configuration)."""
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A stable hash (16 hex digits of SHA-256) of a resolved configuration without :data:`NOT_HASHED`:
+    equal for two jobs that measure the same thing, on any machine and in any key order."""
+    cfg = to_jsonable(config)
+    for path in NOT_HASHED:
+        node = cfg
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    text = json.dumps(cfg, sort_keys=True, allow_nan=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def error_line(exc: BaseException) -> str:
     """``ExceptionType: first line of the message`` (a ConfigError: every problem, joined by ``; ``)."""
     problems = getattr(exc, "problems", None)
@@ -154,7 +186,8 @@ class JobRecord:
         base = {"latency": {}, "metrics": {}, "comm": {}, "images": []}
         rec = {
             "status": self.status, "error": self.error, "traceback": self.traceback,
-            "config": dict(self.config), "env": dict(self.env), **base, **dict(self.results),
+            "config": dict(self.config), "config_hash": config_hash(self.config), "env": dict(self.env),
+            **base, **dict(self.results),
             "output_dir": self.output_dir, "wall_s": self.wall_s, "rank": self.rank, **dict(self.extra),
         }  # fmt: skip
         return to_jsonable(rec)
@@ -163,6 +196,11 @@ class JobRecord:
 def failed_record(
     config: Mapping[str, Any], exc: BaseException, env: Mapping[str, Any] | None = None, **kw: Any
 ) -> dict[str, Any]:
-    """A conforming record (a dict) for a job that raised ``exc``; ``interrupted`` for a KeyboardInterrupt."""
+    """A conforming record (a dict) for a job that raised ``exc``: ``interrupted`` for a KeyboardInterrupt,
+    ``skipped`` for :class:`distri.config.Infeasible` (no traceback: nothing went wrong), else ``failed``."""
+    from distri.config import Infeasible
+
+    if isinstance(exc, Infeasible):
+        return JobRecord("skipped", config, env=env or {}, error=error_line(exc), **kw).to_dict()
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     return JobRecord.from_exception(status, config, exc, env=env or {}, **kw).to_dict()

@@ -86,6 +86,23 @@ def read_results(path: str | os.PathLike, strict: bool = False) -> list[dict[str
     return records
 
 
+def latest_per_job(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last record of each job (records with equal ``config_hash``; those without one are all kept), in
+    file order: a job recorded failed and then run again, or recomputed with ``force=true``, counts once."""
+    last = {r["config_hash"]: i for i, r in enumerate(records) if r.get("config_hash")}
+    return [r for i, r in enumerate(records) if last.get(r.get("config_hash"), i) == i]
+
+
+def records_of(sweep_root: str | os.PathLike, digest: str) -> list[dict[str, Any]]:
+    """The records with ``config_hash == digest`` in ``sweep_root/results.jsonl``, in file order."""
+    path = Path(sweep_root) / "results.jsonl"
+    if not path.is_file():
+        return []
+    with warnings.catch_warnings():  # a torn line of a killed job is not this job's record
+        warnings.simplefilter("ignore")
+        return [r for r in read_results(path) if r.get("config_hash") == digest]
+
+
 def check_writable(job_dir: str | os.PathLike, sweep_root: str | os.PathLike) -> None:
     """Fail now (``PermissionError`` naming the file) if the record could not be written at the end."""
     for folder, name in ((Path(job_dir), "result.json"), (Path(sweep_root), "results.jsonl")):

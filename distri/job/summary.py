@@ -131,3 +131,62 @@ def _quality_lines(rec: dict[str, Any]) -> list[str]:
     for metric, note in (m.get("notes") or {}).items():
         lines.append(f"  {metric}: {note}")
     return lines
+
+
+def sweep_table(records: list[dict[str, Any]]) -> str:
+    """The table printed at the end of a multirun, from the sweep's records (the last one of each job).
+
+    A row per job: the job's folder name, every configuration key (flattened, ``strategy.mode``) whose value
+    varies across the records (a key that splits the rows exactly as an earlier one, like
+    ``strategy.split_scheme`` beside ``strategy.name`` in a sweep over strategies, is left out), status, headline latency, speedup, PSNR,
+    LPIPS and FID against the single-device original, bytes per step. Below it the full reason of each job
+    that is not ``ok`` (failed, skipped, interrupted).
+    """
+    import pandas as pd
+
+    from distri.job.results import latest_per_job
+
+    records = sorted(latest_per_job(records), key=_job_number)
+    if not records:
+        return "no records in this sweep"
+    config = pd.json_normalize([r.get("config") or {} for r in records], sep=".")
+    config = config.apply(lambda col: col.map(lambda v: str(v) if isinstance(v, list | dict) else v))
+    names = [Path(r["output_dir"]).name if r.get("output_dir") else "?" for r in records]
+    table = pd.concat([pd.DataFrame({"job": names}), config[_varying(config)]], axis=1)
+    table["status"] = [r.get("status") for r in records]
+    table["latency (s)"] = [_headline(r.get("latency") or {}) for r in records]
+    table["speedup"] = [_num(r.get("speedup"), ".2f", 0) for r in records]
+    for head, key, fmt in (("PSNR", "psnr_vs_orig", ".2f"), ("LPIPS", "lpips_vs_orig", ".4f"),
+                           ("FID", "fid_vs_orig", ".3g")):  # fmt: skip
+        table[head] = [_num((r.get("metrics") or {}).get(key), fmt, 0) for r in records]
+    table["bytes/step"] = [format_bytes((r.get("comm") or {}).get("bytes_per_step")) for r in records]
+    lines = [table.to_string(index=False, na_rep="-")]
+    lines += [f"{name}: {r.get('status')}: {r.get('error')}"
+              for name, r in zip(names, records) if r.get("status") != "ok"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _job_number(record: dict[str, Any]) -> int:
+    """A multirun job's number (its folder's name), so that the rows of a resumed sweep keep their order."""
+    name = Path(record.get("output_dir") or "").name
+    return int(name) if name.isdigit() else -1
+
+
+def _varying(config: Any) -> list[str]:
+    """Columns whose values differ between rows, each splitting the rows differently from those before it;
+    not Hydra's instantiation keys (``strategy._target_``: the ``name`` beside it says the same)."""
+    import pandas as pd
+
+    kept, partitions = [], set()
+    for key in config.columns:
+        if key.rsplit(".", 1)[-1].startswith("_"):
+            continue
+        codes = tuple(pd.factorize(config[key], use_na_sentinel=False)[0].tolist())
+        if len(set(codes)) > 1 and codes not in partitions:
+            kept.append(key)
+            partitions.add(codes)
+    return kept
+
+
+def _headline(stats: dict[str, Any]) -> str:
+    return _num(stats.get(stats.get("statistic", "mean_s")), ".3f", 0)

@@ -46,14 +46,16 @@ def scalar_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 
     Nested dicts under ``latency``, ``metrics`` and ``comm`` become ``section/key[/subkey...]`` (e.g.
     ``latency/mean_s``, ``comm/bytes_per_step``); a numeric top-level ``speedup`` is kept as ``speedup``.
-    Lists, strings (e.g. a ``"inf"`` PSNR), booleans and None are skipped.
+    Lists, strings (e.g. a ``"inf"`` PSNR), booleans, None and the per-step series (``comm.per_step``) are
+    skipped.
     """
     out: dict[str, float] = {}
 
     def walk(prefix: str, obj: Any) -> None:
         if isinstance(obj, Mapping):
             for k, v in obj.items():
-                walk(f"{prefix}/{k}", v)
+                if k != "per_step":  # a series: history (RunLogger.log_steps), not scalars
+                    walk(f"{prefix}/{k}", v)
         elif _is_number(obj):
             out[prefix] = obj
 
@@ -63,6 +65,45 @@ def scalar_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     if _is_number(record.get("speedup")):
         out["speedup"] = record["speedup"]
     return out
+
+
+def run_identity(config: Mapping[str, Any], job: str) -> tuple[str, list[str]]:
+    """A job's W&B run name (``tiny_sdxl displaced_patch/corrected_async_gn x2 (job)``) and tags: the model,
+    the strategy, each of its choice parameters (``mode:corrected_async_gn``), ``cfg_split`` when set, and
+    the world size, all from the strategy's own description (no strategy known here by name)."""
+    from distri.parallel.strategy import choice_fields, strategy_from_config
+
+    strategy, n, model = (
+        strategy_from_config(config["strategy"]),
+        config["world_size"],
+        config["model"]["name"],
+    )
+    tags = [f"model:{model}", f"strategy:{strategy.name}"]
+    tags += [f"{key}:{getattr(strategy, key)}" for key in choice_fields(type(strategy))]
+    if strategy.cfg_split:
+        tags.append("cfg_split")
+    tags.append(f"world_size:{n}")
+    return f"{model} {strategy.label()} x{n} ({job})", tags
+
+
+def step_rows(record: Mapping[str, Any]) -> list[dict[str, float]]:
+    """The per-step series of a record, one row per denoising step: ``step/latency_s`` (the per-step
+    profile), ``step/baseline_latency_s`` (the single device's), ``step/comm_bytes`` and ``step/comm_wait_s``
+    (the ledger's, summed over kinds) and ``step/comm_bytes/<kind>``."""
+    lat = record.get("latency") or {}
+    base = (record.get("baseline_latency") or {}).get("per_step_s") or []
+    comm = (record.get("comm") or {}).get("per_step") or {}
+    rows = []
+    for i, seconds in enumerate(lat.get("per_step_s") or []):
+        kinds = comm.get(str(i)) or comm.get(i) or {}
+        row = {"denoising_step": i, "step/latency_s": seconds}
+        if i < len(base):
+            row["step/baseline_latency_s"] = base[i]
+        row["step/comm_bytes"] = sum(k["bytes"] for k in kinds.values())
+        row["step/comm_wait_s"] = sum(k["wait_s"] for k in kinds.values())
+        row.update({f"step/comm_bytes/{kind}": k["bytes"] for kind, k in kinds.items()})
+        rows.append(row)
+    return rows
 
 
 ONLINE_PROBE_S = 5.0
@@ -228,7 +269,9 @@ class RunLogger:
 
         * :func:`scalar_metrics` of the record (``latency/mean_s``, ``metrics/psnr_vs_orig``,
           ``comm/bytes_per_step``, ``speedup``, ...) as one history step (so they also land in the summary);
-        * the whole record (strict-JSON form) as ``summary["record"]``, and ``summary["status"]``;
+        * the per-step series (:meth:`log_steps`) as history rows against ``denoising_step``;
+        * the whole record (strict-JSON form) as ``summary["record"]`` (less ``comm.per_step``, which is in
+          the history), and ``summary["status"]``;
         * ``images`` (PIL images, tensors ``[3,H,W]`` / ``[N,3,H,W]`` in [0,1], numpy arrays or file paths) as
           ``samples``, a list of ``wandb.Image`` with ``captions`` (matched by position). When ``images`` is
           None the record's ``images`` paths that exist are logged instead.
@@ -260,11 +303,23 @@ class RunLogger:
         if isinstance(grid, str) and Path(grid).is_file():
             payload["comparison_grid"] = wandb.Image(grid, caption="original | parallel | |difference|")
         self.run.log(payload)
+        self.log_steps(rec)
         for key, value in (rec.get("metrics") or {}).items():
             if key.startswith("backbone_"):  # "real" or "stand-in", beside each metric's number
                 self.run.summary[f"metrics/{key}"] = value
-        self.run.summary["record"] = rec
+        comm = {k: v for k, v in (rec.get("comm") or {}).items() if k != "per_step"}  # in the history
+        self.run.summary["record"] = {**rec, "comm": comm}
         self.run.summary["status"] = rec.get("status")
+
+    def log_steps(self, record: Mapping[str, Any]) -> None:
+        """The record's per-step series (:func:`step_rows`) as W&B history against ``denoising_step``, kept
+        out of the summary (``summary="none"``). No-op when disabled."""
+        if not self.enabled:
+            return
+        self.run.define_metric("denoising_step", hidden=True)
+        self.run.define_metric("step/*", step_metric="denoising_step", summary="none")
+        for row in step_rows(record):
+            self.run.log(row)
 
     def finish(self, exit_code: int | None = None) -> Path | None:
         """Close the run (idempotent) and return its directory (None when disabled).

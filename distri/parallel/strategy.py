@@ -23,7 +23,7 @@ import dataclasses
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, get_args, get_origin, get_type_hints
 
 if TYPE_CHECKING:
     from torch import nn
@@ -89,13 +89,16 @@ class Strategy:
         return list(range(1, limit + 1))
 
     def misfit(self, fit: Fit, degree: int) -> str | None:
-        """Why ``degree`` ranks per CFG group cannot run this job (None if they can)."""
+        """Why ``degree`` ranks per CFG group cannot run this model at this size (None if they can).
+
+        A misfit is not a mistake: the job is well formed but infeasible, and a sweep records it as
+        ``skipped`` with this message (:func:`check`); mistakes in the parameters go to :meth:`problems`."""
         if degree in self.degrees(fit, max(64, degree)):
             return None
         return f"strategy={self.name} cannot split this model over {degree} ranks"
 
     def problems(self, fit: Fit) -> list[str]:
-        """Checks of the parameters against the job beyond their types and choices."""
+        """Mistakes in the parameters against the job beyond their types and choices (the job fails)."""
         return []
 
     def sync_steps(self, steps: int) -> int | None:
@@ -193,13 +196,27 @@ def register_schemas(store: Any) -> None:
         store.store(group="strategy", name=f"{name}_schema", node=schema(cls))
 
 
-def check(cfg: Mapping[str, Any], fit: Fit) -> list[str]:
-    """Every problem of the strategy config ``cfg`` for the job ``fit``, each with what to change."""
+class Checks(NamedTuple):
+    """What :func:`check` found: ``problems`` are mistakes in the configuration (a typo, a bad value: the job
+    fails); ``misfits`` are combinations that are well formed but cannot run this model at this size (a world
+    size that does not divide the latent, more tensor-parallel ranks than heads: a sweep records the job as
+    skipped). Misfits come from :meth:`Strategy.misfit` (each strategy declares its own) and from the base
+    parameter ``cfg_split`` (an odd world size cannot hold two CFG groups)."""
+
+    problems: list[str]
+    misfits: list[str]
+
+
+def check(cfg: Mapping[str, Any], fit: Fit) -> Checks:
+    """Every problem and misfit of the strategy config ``cfg`` for the job ``fit``, each with what to change."""
     try:
         strategy = strategy_from_config(cfg)
     except ValueError as e:
-        return [str(e)]
+        return Checks([str(e)], [])
     problems = strategy.problems(fit)
-    degree = fit.world_size // (2 if strategy.cfg_split else 1)
-    misfit = strategy.misfit(fit, degree)
-    return problems + ([misfit] if misfit else [])
+    if strategy.cfg_split and fit.world_size % 2:
+        return Checks(
+            problems, [f"cfg_split needs an even world_size (2 x parallel degree), got {fit.world_size}"]
+        )
+    misfit = strategy.misfit(fit, fit.world_size // (2 if strategy.cfg_split else 1))
+    return Checks(problems, [misfit] if misfit else [])

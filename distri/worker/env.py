@@ -51,7 +51,27 @@ def locate(target: str):
         raise ImportError(f"cannot import {target!r}: {e}") from e
 
 
-def _no_report(text: str) -> None:
+@dataclass(frozen=True)
+class Report:
+    """What a rank is doing, as sent to the launcher: a ``phase`` (``timed run``), its count ``i`` of ``n``
+    where it repeats (``timed run 2/5``), and within a pipeline call the denoising ``step`` of ``steps``.
+    ``str()`` gives the text the watchdog quotes; the job layer draws its progress lines and bar from the fields."""
+
+    phase: str
+    i: int | None = None
+    n: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    note: str = ""
+
+    def __str__(self) -> str:
+        text = self.phase if self.i is None else f"{self.phase} {self.i}/{self.n}"
+        if self.step is not None:
+            text += f", step {self.step}/{self.steps}"
+        return f"{text}: {self.note}" if self.note else text
+
+
+def _no_report(report: Report | str) -> None:
     return None
 
 
@@ -59,20 +79,21 @@ def _no_report(text: str) -> None:
 class WorkerEnv:
     """What a task sees: its rank, the world, its device, and contexts built on demand (groups cached).
 
-    ``progress(text)`` tells the launcher what the rank is doing (the pool's watchdog names it when the job
-    goes silent); a no-op where nothing listens (``torchrun``, direct calls)."""
+    ``progress(report)`` (a :class:`Report`, or a phase as text) tells the launcher what the rank is doing (the
+    pool's watchdog names it when the job goes silent, the job layer shows rank 0's); a no-op where nothing
+    listens (direct calls)."""
 
     rank: int
     world_size: int
     device: torch.device
     backend: str
     timeout_s: float = 600.0
-    progress: Callable[[str], None] = field(default=_no_report, repr=False)
+    progress: Callable[[Report | str], None] = field(default=_no_report, repr=False)
     _contexts: dict[int, ParallelContext] = field(default_factory=dict, repr=False)
 
     def context(self, cfg_size: int = 1) -> ParallelContext:
         if cfg_size not in self._contexts:
-            self.progress("creating process groups")
+            self.progress(Report("creating process groups"))
             self._contexts[cfg_size] = make_context(
                 self.rank, self.world_size, self.device, self.backend, cfg_size=cfg_size,
                 timeout=datetime.timedelta(seconds=self.timeout_s + PG_GRACE_S),
@@ -163,7 +184,7 @@ def worker_main(
         if threads:
             torch.set_num_threads(threads)
         env = init_env(rank, world_size, device, port, timeout_s)
-        env.progress = lambda text: result_q.put((rank, "progress", text))
+        env.progress = lambda report: result_q.put((rank, "progress", report))
         result_q.put((rank, "ready", None))
     except BaseException:
         result_q.put((rank, "error", traceback.format_exc()))

@@ -34,6 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from distri.models.loader import load_pipeline
 from distri.parallel.strategy import strategy_from_config
 from distri.prompts import load_prompts
 from distri.samplers import make_scheduler
+from distri.worker.env import Report
 
 PER_STEP_METHOD = (
     "one separate untimed call after the timed runs, the device synchronised at the end of every step "
@@ -66,15 +68,18 @@ def _threads_text(env) -> str:
     return text
 
 
-def _time_runs(env, cfg: dict[str, Any], run: Callable[..., Any], barrier: Callable[[], None]) -> dict:
+def _time_runs(env, cfg: dict[str, Any], run: Callable[..., Any], barrier: Callable[[], None],
+               progress: _Progress, label: str = "") -> dict:  # fmt: skip
     """Warm-up calls, then timed whole calls of ``run()``; their statistics and how they were measured."""
     from distri.metrics.latency import STATISTICS, describe_method, latency_stats, time_call
 
     r = cfg["runner"]
-    for _ in range(r["warmup_runs"]):
+    for k in range(r["warmup_runs"]):
+        progress.at(f"{label}warm-up run", k + 1, r["warmup_runs"])
         run()
     samples = []
-    for _ in range(r["timed_runs"]):
+    for k in range(r["timed_runs"]):
+        progress.at(f"{label}timed run", k + 1, r["timed_runs"])
         barrier()
         samples.append(time_call(run, env.device)[1])
     statistic = STATISTICS[r["statistic"]]
@@ -142,17 +147,18 @@ def _setup(env, cfg: dict[str, Any], progress: _Progress):
 
 
 class _Progress:
-    """Reports what the rank does (``env.progress``) and fires an injected fault: a forward hook on the
-    denoiser counts its calls within each pipeline call (one per denoising step), so the pipeline's own
-    step callback stays free (timed calls carry none) and nothing here synchronises the device."""
+    """Reports what the rank does (``env.progress``: a :class:`~distri.worker.env.Report`) and fires an
+    injected fault: a forward hook on the denoiser counts its calls within each pipeline call (one per
+    denoising step), so the pipeline's own step callback stays free (timed calls carry none) and nothing here
+    synchronises the device."""
 
     def __init__(self, env, fault, steps: int) -> None:
         self.env, self.fault, self.steps = env, fault, steps
-        self.stage, self.step = "", 0
+        self.report, self.step = Report(""), 0
 
-    def at(self, stage: str) -> None:
-        self.stage = stage
-        self.env.progress(stage)
+    def at(self, phase: str, i: int | None = None, n: int | None = None, note: str = "") -> None:
+        self.report = Report(phase, i, n, note=note)
+        self.env.progress(self.report)
 
     def new_call(self) -> None:
         self.step = 0
@@ -160,10 +166,10 @@ class _Progress:
     def after_step(self, module: Any, args: Any, output: Any) -> None:
         from distri.faults import maybe_fault
 
-        where = f"{self.stage}, step {self.step + 1}/{self.steps}"
+        note = ""
         if self.fault is not None and self.fault.fires(self.env.rank, f"step:{self.step}"):
-            where += f": fault injection ({self.fault.kind})"
-        self.env.progress(where)
+            note = f"fault injection ({self.fault.kind})"
+        self.env.progress(replace(self.report, step=self.step + 1, steps=self.steps, note=note))
         maybe_fault(self.fault, self.env.rank, f"step:{self.step}")
         self.step += 1
 
@@ -173,7 +179,9 @@ def run_job(env, cfg: dict[str, Any], job_dir: str) -> dict[str, Any] | None:
     from distri.faults import fault_for, maybe_fault
     from distri.generate import generate  # looked up per job (tests wrap it)
 
-    env.progress("starting the job")  # the heavy imports are done (module level): silence counts from here
+    env.progress(
+        Report("starting the job")
+    )  # the heavy imports are done (module level): silence counts from here
     fault = fault_for(cfg.get("fault"))
     maybe_fault(fault, env.rank, "start")
     sm, steps = cfg["sampler"], cfg["sampler"]["num_inference_steps"]
@@ -190,8 +198,7 @@ def run_job(env, cfg: dict[str, Any], job_dir: str) -> dict[str, Any] | None:
             callback=callback,
         )  # fmt: skip
 
-    progress.at("warm-up and timed runs")
-    latency = _time_runs(env, cfg, lambda: call(0), ctx.barrier)
+    latency = _time_runs(env, cfg, lambda: call(0), ctx.barrier, progress)
     spec = strategy_from_config(cfg["strategy"])
     sync = spec.sync_steps(steps)
     comm = {**ctx.ledger.summary(steps, sync or 0), "per_step": ctx.ledger.per_step(), "sync_steps": sync}
@@ -199,15 +206,13 @@ def run_job(env, cfg: dict[str, Any], job_dir: str) -> dict[str, Any] | None:
     latency.update(_profile_steps(env, lambda cb: call(0, cb)))
     compare = cfg["metrics"]["compare_to_original"] and (not spec.identity or env.world_size > 1)
     out = Path(job_dir)
-    progress.at("images")
-    paths = _make_images(call, len(prompts), out / "images" if env.rank == 0 else None)
+    paths = _make_images(call, len(prompts), out / "images" if env.rank == 0 else None, progress)
     record = _record(latency, comm, paths, prompts, handle) if env.rank == 0 else None
     originals = None
     if compare:
         handle.remove()
         plain = lambda i, cb=None: call(i, cb, strategy=False)  # noqa: E731
-        progress.at("single-device baseline")
-        _baseline(env, cfg, plain, ctx.barrier, record)
+        _baseline(env, cfg, plain, ctx.barrier, record, progress)
         progress.at("single-device originals (cache)")
         originals = _originals(env, cfg, prompts, plain, ctx.barrier, record, out)
     if record is not None:
@@ -218,12 +223,15 @@ def run_job(env, cfg: dict[str, Any], job_dir: str) -> dict[str, Any] | None:
     return record
 
 
-def _make_images(call: Callable[[int], torch.Tensor], n: int, folder: Path | None) -> list[str]:
+def _make_images(
+    call: Callable[[int], torch.Tensor], n: int, folder: Path | None, progress: _Progress
+) -> list[str]:
     """Every rank takes part in each call; with a ``folder`` (rank 0) each image is written as a PNG at once."""
     from distri.generate import save_png
 
     paths = []
     for i in range(n):
+        progress.at("image", i + 1, n)
         img = call(i)
         if folder is not None:
             paths.append(str(save_png(img, folder / f"{i:04d}.png")))
@@ -241,11 +249,12 @@ def _record(latency: dict, comm: dict, paths: list[str], prompts: list[str], han
     return record
 
 
-def _baseline(env, cfg, plain: Callable[..., Any], barrier, record: dict | None) -> None:
+def _baseline(env, cfg, plain: Callable[..., Any], barrier, record: dict | None, progress: _Progress) -> None:
     """Step 4a above: the single-device latency, timed on every rank at once; ``speedup`` on rank 0."""
     from distri.metrics.latency import speedup
 
-    base = _time_runs(env, cfg, lambda: plain(0), barrier)
+    base = _time_runs(env, cfg, lambda: plain(0), barrier, progress, label="single-device ")
+    progress.at("single-device per-step profile")
     base.update(_profile_steps(env, lambda cb: plain(0, cb)))
     base["method"] += BASELINE_METHOD
     if record is not None:
@@ -316,7 +325,7 @@ def _ticking(progress: _Progress, stage: str, every_s: float = 10.0):
 
     def tick() -> None:
         while not done.wait(every_s):
-            progress.at(f"{stage}, {time.monotonic() - start:.0f} s")
+            progress.at(stage, note=f"{time.monotonic() - start:.0f} s")
 
     progress.at(stage)
     t = threading.Thread(target=tick, daemon=True, name="distri-metrics-progress")

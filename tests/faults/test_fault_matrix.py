@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.processes import assert_group_gone, start_in_session
 
 ROOT = Path(__file__).resolve().parents[2]
 EARLIER = '{"status": "ok", "note": "an earlier job of this sweep"}\n'
@@ -35,13 +36,8 @@ class Job:
         self.dir, self.err = tmp / "job", tmp / "stderr.txt"
         self.dir.mkdir()
         (self.dir / "results.jsonl").write_text(EARLIER)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        env.pop("DISTRI_FAULT", None)
         cmd = [sys.executable, str(ROOT / "run.py"), *BASE, f"hydra.run.dir={self.dir}", *args]
-        with open(self.err, "w") as err, open(tmp / "stdout.txt", "w") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=tmp, env=env, stdout=out, stderr=err, start_new_session=True
-            )
+        self.proc = start_in_session(cmd, tmp, tmp / "stdout.txt", self.err)
         self.t0 = time.monotonic()
 
     def wait_for_fault(self, limit_s: float) -> None:
@@ -59,16 +55,7 @@ class Job:
         return code
 
     def assert_group_gone(self, within_s: float) -> None:
-        deadline = time.monotonic() + within_s
-        while True:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return
-            if time.monotonic() > deadline:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                pytest.fail(f"processes of the job were still running {within_s:g} s after it ended")
-            time.sleep(0.2)
+        assert_group_gone(self.proc.pid, within_s)
 
     def lines(self) -> list[str]:
         text = (self.dir / "results.jsonl").read_text()
@@ -111,7 +98,7 @@ def test_a_rank_hanging_ends_after_the_timeout(tmp_path, at):
     rec = _failed(Job(tmp_path, f"fault='rank=1,at={at},kind=hang'", "runner.timeout_s=25"), limit_s=300)
     assert "made no progress for" in rec["error"] and "runner.timeout_s=25" in rec["error"]
     if at != "start":
-        assert "rank 1: warm-up and timed runs, step 2/3: fault injection (hang)" in rec["error"]
+        assert "rank 1: timed run 1/1, step 2/3: fault injection (hang)" in rec["error"]
 
 
 @pytest.mark.parametrize(

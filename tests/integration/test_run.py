@@ -87,10 +87,18 @@ def test_sweep_of_patch_strategies_with_failures_kept(tmp_path):
 
 
 def test_bad_config_fails_before_any_worker(tmp_path):
-    p = run(["world_size=3", f"hydra.run.dir={tmp_path / 'bad'}", *FAST], tmp_path)
+    p = run(["sampler.guidance_scale=-1", f"hydra.run.dir={tmp_path / 'bad'}", *FAST], tmp_path)
     assert p.returncode == 1
-    assert "world sizes that work at 64 px: [1, 2]" in p.stderr
+    assert "sampler.guidance_scale must be >= 0, got -1" in p.stderr
     rec = json.loads((tmp_path / "bad" / "result.json").read_text())
     assert rec["status"] == "failed" and "env" in rec
-    assert "world sizes that work at 64 px: [1, 2]" in rec["error"]  # the reason, not only "invalid config"
+    assert "guidance_scale must be >= 0, got -1" in rec["error"]  # the reason, not only "invalid config"
     assert rec["output_dir"] == str(tmp_path / "bad")
+
+
+def test_a_combination_that_cannot_run_is_skipped_not_failed(tmp_path):
+    p = run(["strategy=naive_patch", "world_size=3", f"hydra.run.dir={tmp_path / 'job'}", *FAST], tmp_path)
+    assert p.returncode == 0, p.stderr  # not a failure: the strategy cannot split 64 px over 3 ranks
+    assert "skipped: cannot run this combination" in p.stderr and "distri: starting" not in p.stderr
+    rec = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert rec["status"] == "skipped" and "world sizes that work at 64 px: [1, 2]" in rec["error"]

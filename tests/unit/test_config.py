@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf import OmegaConf
 
-from distri.config import ConfigError, register_configs, resolve_dtype, validate
+from distri.config import ConfigError, resolve_dtype, validate
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
 GROUPS = {
     "model": ["tiny_sdxl", "tiny_sd15", "small_sdxl", "sdxl", "sd15", "sd21"],
     "strategy": ["none", "naive_patch", "displaced_patch", "tensor"],
@@ -20,17 +15,6 @@ GROUPS = {
     "metrics": ["default"],
     "logger": ["wandb", "none"],
 }
-
-
-@pytest.fixture(scope="module")
-def cfg_of():
-    register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-
-        def f(*overrides: str) -> dict:
-            return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-
-        yield f
 
 
 def test_default_is_the_main_job(cfg_of):
