@@ -1,18 +1,18 @@
 """Load job records into flat dicts or a pandas DataFrame: from sweep folders' ``results.jsonl`` or from W&B.
 
-A record is one line of ``results.jsonl`` (README "Results" gives its fields). Reading needs only the standard
-library; :func:`to_dataframe`, :func:`load_frame` and :func:`load_wandb` need pandas (and wandb for the last).
-Nothing here imports distri: the records are the whole interface.
+A record is one line of ``results.jsonl`` (README "Results" gives its fields), read with the results store's
+own reader (:mod:`distri.job.results`, which imports no torch); :func:`to_dataframe`, :func:`load_frame` and
+:func:`load_wandb` need pandas (and wandb for the last).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from distri.job.results import latest_per_job, read_results
 
 __all__ = [
     "find_results_files",
@@ -20,7 +20,6 @@ __all__ = [
     "load_frame",
     "load_results",
     "load_wandb",
-    "read_jsonl",
     "to_dataframe",
 ]
 
@@ -37,26 +36,6 @@ def find_results_files(path_or_dir: PathLike) -> list[Path]:
     raise FileNotFoundError(f"no such file or directory: {p}")
 
 
-def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
-    """One JSON object per line; blank lines skipped, lines that are not a JSON object skipped with a warning
-    (e.g. the last line of a job killed mid-write)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                warnings.warn(f"{path}:{n}: skipped a line that is not JSON ({e})", stacklevel=2)
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-            else:
-                warnings.warn(f"{path}:{n}: skipped a line that is not a JSON object", stacklevel=2)
-    return records
-
-
 def load_results(*paths: PathLike) -> list[dict[str, Any]]:
     """Records of one or several ``results.jsonl`` files or sweep folders (searched recursively).
 
@@ -67,12 +46,9 @@ def load_results(*paths: PathLike) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for path in paths:
         for f in find_results_files(path):
-            recs = read_jsonl(f)
-            last = {r["config_hash"]: i for i, r in enumerate(recs) if r.get("config_hash")}
-            for i, rec in enumerate(recs):
-                if last.get(rec.get("config_hash"), i) == i:
-                    rec.setdefault("_source", str(f))
-                    records.append(rec)
+            for rec in latest_per_job(read_results(f)):
+                rec.setdefault("_source", str(f))
+                records.append(rec)
     return records
 
 

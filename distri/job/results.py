@@ -66,8 +66,8 @@ def write_result(
 def read_results(path: str | os.PathLike, strict: bool = False) -> list[dict[str, Any]]:
     """Read a ``results.jsonl`` file (or the ``results.jsonl`` inside a directory), one dict per line.
 
-    Blank lines are skipped. A line that is not valid JSON (e.g. a job killed mid-write) raises
-    ``ValueError`` when ``strict``; otherwise it is skipped with a warning.
+    Blank lines are skipped. A line that is not a JSON object (e.g. the torn last line of a job killed
+    mid-write) raises ``ValueError`` when ``strict``; otherwise it is skipped with a warning.
     """
     p = Path(path)
     if p.is_dir():
@@ -78,11 +78,18 @@ def read_results(path: str | os.PathLike, strict: bool = False) -> list[dict[str
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
                 if strict:
                     raise ValueError(f"{p}:{lineno}: invalid JSON: {e}") from e
-                warnings.warn(f"{p}:{lineno}: skipping invalid JSON line ({e})", stacklevel=2)
+                warnings.warn(f"{p}:{lineno}: skipped a line that is not JSON ({e})", stacklevel=2)
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+            elif strict:
+                raise ValueError(f"{p}:{lineno}: not a JSON object")
+            else:
+                warnings.warn(f"{p}:{lineno}: skipped a line that is not a JSON object", stacklevel=2)
     return records
 
 

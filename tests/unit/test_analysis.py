@@ -14,9 +14,10 @@ import pytest
 
 from analysis import plots, tables
 from analysis.frame import method_label, predictions_frame, varying_columns
-from analysis.load import load_frame, load_results, load_wandb, read_jsonl
+from analysis.load import load_frame, load_results, load_wandb
 from analysis.paper import fmt_sig, table1, table2, to_latex, to_markdown
 from analysis.plots import pareto_front, write_plots
+from distri.job.results import read_results
 
 
 def record(strategy: str, ws: int, latency: float, *, mode: str | None = None, steps: int = 50, height: int = 1024,
@@ -231,7 +232,7 @@ def test_reading_skips_corrupt_lines_and_loads_several_sweeps(sweep_dir: Path, t
     other.parent.mkdir()
     other.write_text(json.dumps(record("none", 1, 1.0)) + "\n{not json\n\n[1]\n")
     with pytest.warns(UserWarning) as caught:
-        assert len(read_jsonl(other)) == 1
+        assert len(read_results(other)) == 1
     assert [str(w.message).split(": ", 1)[1] for w in caught] == [
         "skipped a line that is not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
         "skipped a line that is not a JSON object",

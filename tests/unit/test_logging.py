@@ -113,7 +113,7 @@ def test_write_result_twice(tmp_path: Path) -> None:
 def test_read_results_skips_blank_and_corrupt_lines(tmp_path: Path) -> None:
     p = tmp_path / "results.jsonl"
     p.write_text('{"a": 1}\n\n   \n{"a": 2\n{"a": 3}\n')
-    with pytest.warns(UserWarning, match="invalid JSON"):
+    with pytest.warns(UserWarning, match="skipped a line that is not JSON"):
         assert read_results(p) == [{"a": 1}, {"a": 3}]
     with pytest.raises(ValueError, match=":4:"):
         read_results(p, strict=True)
