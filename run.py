@@ -42,6 +42,7 @@ from distri.job.summary import summary
 from distri.slurm import leave as leave_srun_step
 from distri.slurm import under_submitit
 from distri.torchrun import defer_sigterm, torchrun_rank
+from hydra_plugins.distri_slurm_launcher import remote_failures
 
 register_configs()
 _JOB_ID = secrets.token_hex(3)  # one per process: run and sweep folders differ even within one second
@@ -166,7 +167,15 @@ def _run_job(d: dict[str, Any], job_dir: str, root: str, name: str) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> str:
+    """One job; returns ``"failed"`` when it failed, else ``"done"``: the value Hydra's job return carries back
+    to a launcher that ran it in another process (the SLURM launcher counts failed jobs from it)."""
+    before = len(FAILED)
+    _job(cfg)
+    return "failed" if len(FAILED) > before else "done"
+
+
+def _job(cfg: DictConfig) -> None:
     from distri.job.execute import already_done
     from distri.job.results import FolderInUse, JobFolderLock
 
@@ -200,6 +209,7 @@ if __name__ == "__main__":
         interrupt_on_sigterm()  # SIGTERM: the job is recorded as interrupted, its workers stopped
     _OTHER_RANK_DIR = _hydra_quiet_on_other_ranks()
     main()
+    FAILED += remote_failures()  # jobs that ran in SLURM jobs (hydra/launcher=slurm), not in this process
     if FAILED:
         print(f"{len(FAILED)} job(s) failed: {', '.join(FAILED)}", file=sys.stderr)
     _leave(1 if FAILED else 0)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf
 
 try:  # the optional extra "slurm"; without it Hydra says that hydra/launcher/submitit_slurm is missing
@@ -35,6 +35,13 @@ except ImportError:  # then SlurmLauncher below is no Hydra plugin, and Hydra do
     _PluginLauncher = object
 
 _INIT_KEYS = ("submitit_folder", "max_num_timeout")  # the executor's own; the rest are job parameters
+_FAILED: list[str] = []  # this process's jobs that failed on SLURM (run.py's main returned "failed")
+
+
+def remote_failures() -> list[str]:
+    """The jobs of this process's sweeps that failed in SLURM jobs, for run.py's exit code (its own count
+    only sees jobs that ran in its process)."""
+    return list(_FAILED)
 
 
 class SlurmLauncher(_PluginLauncher):
@@ -94,4 +101,9 @@ class SlurmLauncher(_PluginLauncher):
             state = Singleton.get_state()
             submitted = executor.map_array(self, *zip(*[(*a, state) for a in args]))
             jobs.update(zip(members, submitted))
-        return [jobs[i].results()[0] for i in range(len(job_overrides))]
+        returns = [jobs[i].results()[0] for i in range(len(job_overrides))]
+        _FAILED.extend(
+            f"#{initial_job_idx + i}" for i, r in enumerate(returns)
+            if r.status == JobStatus.FAILED or (r.status == JobStatus.COMPLETED and r.return_value == "failed")
+        )  # fmt: skip
+        return returns

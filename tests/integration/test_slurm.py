@@ -47,8 +47,11 @@ def slurm_cluster() -> None:
         pytest.skip(reason)
 
 
-def sweep_on_slurm(tmp_path: Path, args: list[str], **env_vars: str) -> tuple[list[dict], Path, float]:
-    """``run.py -m hydra/launcher=slurm ARGS`` from tmp_path: the records of results.jsonl, the sweep, seconds."""
+def sweep_on_slurm(
+    tmp_path: Path, args: list[str], code: int = 0, **env_vars: str
+) -> tuple[list[dict], Path, float]:
+    """``run.py -m hydra/launcher=slurm ARGS`` from tmp_path, which must exit with ``code``: the records of
+    results.jsonl, the sweep, seconds."""
     (tmp_path / "tmp").mkdir()
     env = dict(
         os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", TMPDIR=str(tmp_path / "tmp"), **env_vars
@@ -61,7 +64,7 @@ def sweep_on_slurm(tmp_path: Path, args: list[str], **env_vars: str) -> tuple[li
         [*cmd, "logger=none", *args, *FAST, f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == code, p.stdout + p.stderr
     recs = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
     assert not list((tmp_path / "tmp").glob("distri-rank*"))  # rank 1's Hydra folder was removed
     return recs, sweep, time.monotonic() - t0
@@ -88,8 +91,8 @@ def test_two_job_sweep_through_the_slurm_launcher(slurm_cluster, tmp_path):
 
 def test_a_rank_failing_under_slurm_gives_one_failed_record_and_every_task_ends(slurm_cluster, tmp_path):
     recs, sweep, wall = sweep_on_slurm(
-        tmp_path, ["world_size=2", "runner.timeout_s=120"], DISTRI_FAULT="rank=1,at=start,kind=raise"
-    )
+        tmp_path, ["world_size=2", "runner.timeout_s=120"], code=1, DISTRI_FAULT="rank=1,at=start,kind=raise"
+    )  # the submitting command exits 1: a job failed on the cluster
     (rec,) = recs
     assert rec["status"] == "failed" and rec["rank"] == 0 and rec["failed_rank"] == 1
     assert rec["env"]["launcher"] == "srun" and "FaultInjected" in rec["error"]
