@@ -4,6 +4,8 @@
   MACs (T), latency, speedup (against the one-device row of the same setting).
 * :func:`table2`: Table 2's layout: one row per devices and method, one column per resolution, each cell
   ``communication per device per step, latency``.
+* :func:`fig6`: Figure 6's numbers: a row per resolution and method, a column per device count, each cell
+  ``latency (speedup)``.
 
 Only ``ok`` jobs are tabulated. Missing values print as ``-``. A metric computed with a stand-in backbone
 (``metrics.backbone_<metric>: stand-in``) is marked with a dagger and a note. Configuration keys that vary in
@@ -22,7 +24,7 @@ import pandas as pd
 
 from analysis.frame import METHOD_ORDER, SHORT, short_name, varying_columns
 
-__all__ = ["PaperTable", "fmt_sig", "table1", "table2", "to_latex", "to_markdown"]
+__all__ = ["PaperTable", "fig6", "fmt_sig", "table1", "table2", "to_latex", "to_markdown"]
 
 STANDIN = "\u2020"  # dagger
 STANDIN_NOTE = (
@@ -58,7 +60,7 @@ def fmt_sig(v: Any, digits: int = 3, suffix: str = "") -> str:
     return f"{v:.{decimals}f}{suffix}"
 
 
-def _metric(row: pd.Series, name: str, digits: int = 3) -> tuple[str, bool]:
+def metric_cell(row: pd.Series, name: str, digits: int = 3) -> tuple[str, bool]:
     """The formatted metric and whether it came from a stand-in backbone."""
     value = row.get(f"metrics.{name}")
     standin = not _missing(value) and row.get(f"metrics.backbone_{name}") == "stand-in"
@@ -75,7 +77,7 @@ def _psnr(row: pd.Series) -> str:
     return fmt_sig(v)
 
 
-def _speedup(row: pd.Series) -> tuple[str, bool]:
+def speedup_cell(row: pd.Series) -> tuple[str, bool]:
     """Against the one-device row of the setting; else the job's own in-job baseline, marked ``*``."""
     split = row.get("cfg_split")
     if row.get("world_size") == 1 and (_missing(split) or not bool(split)):
@@ -93,10 +95,13 @@ IN_JOB_NOTE = (
 )
 
 
-def _prepare(df: pd.DataFrame, layout: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Ok rows, last record per row key, sorted as the paper; and the extra varying config columns."""
+def prepare(df: pd.DataFrame, layout: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Ok rows, last record per row key, sorted as the paper; and the extra varying config columns.
+
+    ``layout``: the table's own columns, as short names (:data:`analysis.frame.SHORT`) or flattened config keys
+    (``config.strategy.warmup_steps``); rows sort by the extra columns, then by ``layout`` in order."""
     ok = df[df["status"] == "ok"]
-    layout_keys = [SHORT[k] for k in layout if k in SHORT] + [
+    layout_keys = [SHORT.get(k, k) for k in layout] + [
         SHORT["mode"],
         SHORT["cfg_split"],
         SHORT["strategy"],
@@ -110,7 +115,7 @@ def _prepare(df: pd.DataFrame, layout: list[str]) -> tuple[pd.DataFrame, list[st
         m = r["method"]
         # the paper's order: the longest schedule first, then fewer devices first
         cols = [_sortable(r[c]) for c in extra] + [
-            _sortable(-r[k] if k == "steps" and not _missing(r[k]) else r[k]) for k in layout
+            _sortable(-r[k] if k == "steps" and not _missing(r[k]) else r.get(k)) for k in layout
         ]
         return (*cols, order.get(m.removesuffix(" + CFG split"), len(order)), m)
 
@@ -129,27 +134,27 @@ def _sortable(v: Any) -> tuple:
 
 def table1(df: pd.DataFrame) -> PaperTable:
     """Table 1's layout (see the module docstring), one row per ok job."""
-    ok, extra = _prepare(df, ["steps", "world_size"])
+    ok, extra = prepare(df, ["steps", "world_size"])
     rows, notes = [], set()
     for _, r in ok.iterrows():
-        lp_gt, s1 = _metric(r, "lpips_vs_gt")
-        lp_o, s2 = _metric(r, "lpips_vs_orig")
-        fid_gt, s3 = _metric(r, "fid_vs_gt")
-        fid_o, s4 = _metric(r, "fid_vs_orig")
-        speedup, in_job = _speedup(r)
+        lp_gt, s1 = metric_cell(r, "lpips_vs_gt")
+        lp_o, s2 = metric_cell(r, "lpips_vs_orig")
+        fid_gt, s3 = metric_cell(r, "fid_vs_gt")
+        fid_o, s4 = metric_cell(r, "fid_vs_orig")
+        speedup, in_job = speedup_cell(r)
         if s1 or s2 or s3 or s4:
             notes.add(STANDIN_NOTE)
         if in_job:
             notes.add(IN_JOB_NOTE)
-        row = {short_name(c): _cell(r[c]) for c in extra}
+        row = {short_name(c): cell(r[c]) for c in extra}
         row.update({
-            "steps": _cell(r["steps"]), "devices": _cell(r["world_size"]), "method": r["method"],
+            "steps": cell(r["steps"]), "devices": cell(r["world_size"]), "method": r["method"],
             "PSNR (Orig)": _psnr(r), "LPIPS G.T. / Orig": f"{lp_gt} / {lp_o}", "FID G.T. / Orig": f"{fid_gt} / {fid_o}",
             "MACs (T)": _macs(r),
             "latency": fmt_sig(r["latency_s"], 3, " s"), "speedup": speedup,
         })  # fmt: skip
         rows.append(row)
-    notes_out = [_latency_note(ok), *sorted(notes)]
+    notes_out = [latency_note(ok), *sorted(notes)]
     return PaperTable("Table 1: quality and latency", pd.DataFrame(rows), notes_out)
 
 
@@ -160,13 +165,13 @@ def _macs(r: pd.Series) -> str:
     return "-" if _missing(macs) else fmt_sig(macs / 1e12)
 
 
-def _cell(v: Any) -> str:
+def cell(v: Any) -> str:
     if _missing(v):
         return "-"
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
-def _latency_note(ok: pd.DataFrame) -> str:
+def latency_note(ok: pd.DataFrame) -> str:
     stats = sorted(ok["latency_statistic"].dropna().astype(str).unique()) if len(ok) else []
     return (
         f"latency: the records' headline statistic ({', '.join(stats) or '-'}) of the timed whole-pipeline "
@@ -188,14 +193,14 @@ def table2(df: pd.DataFrame, predictions: pd.DataFrame | None = None) -> PaperTa
     """Table 2's layout: rows (devices, method), a column per resolution (smallest first), cells
     ``G per device per step, latency``. With ``predictions`` (:func:`analysis.frame.predictions_frame`), a
     cell without a measurement shows the predicted latency, labelled ``(predicted)``."""
-    ok, extra = _prepare(df, ["world_size", "height", "width"])
+    ok, extra = prepare(df, ["world_size", "height", "width"])
     res = sorted(ok["resolution"].dropna().unique(), key=lambda s: _pixels(ok, s))
     row_keys = extra + ["world_size", "method"]
     rows = []
     for key, group in ok.groupby(row_keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        row = {short_name(c): _cell(v) for c, v in zip(extra, key)}
-        row.update(devices=_cell(key[-2]), method=key[-1])
+        row = {short_name(c): cell(v) for c, v in zip(extra, key)}
+        row.update(devices=cell(key[-2]), method=key[-1])
         for name in res:
             hit = group[group["resolution"] == name]
             r = hit.iloc[-1] if len(hit) else None
@@ -207,11 +212,43 @@ def table2(df: pd.DataFrame, predictions: pd.DataFrame | None = None) -> PaperTa
         "communication: comm.bytes_per_step in G (10^9 bytes) per device per denoising step, paper convention "
         "(ledger), with the job's own UNet batch (classifier-free guidance doubles the paper's batch-1 figures "
         "unless cfg_split)",
-        _latency_note(ok),
+        latency_note(ok),
     ]
     if predictions is not None:
         notes.append("(predicted): the cost model's latency where the records have no measurement")
     return PaperTable("Table 2: communication and latency", pd.DataFrame(rows), notes)
+
+
+def fig6(df: pd.DataFrame) -> PaperTable:
+    """Figure 6's numbers: a row per resolution (smallest first) and parallel method, a column per device count,
+    cells ``latency (speedup)``. The one-device column holds the resolution's one-device row (Original)."""
+    ok, extra = prepare(df, ["height", "width", "world_size"])
+    single = (ok["world_size"] == 1) & ~ok["cfg_split"].map(lambda v: not _missing(v) and bool(v))
+    sizes = sorted(ok["world_size"].dropna().unique())
+    keys = extra + ["resolution"]
+    rows, notes = [], {latency_note(ok)}
+    for key, group in ok.groupby(keys + ["method"], sort=False, dropna=False):
+        same = (ok[keys].astype(str) == [str(v) for v in key[:-1]]).all(axis=1)
+        if single[group.index].all() and (same & ~single).any():
+            continue  # this one-device row fills the device-count-1 column of the parallel rows
+        row = {short_name(c): cell(v) for c, v in zip(extra, key)}
+        row.update(resolution=key[-2], method=key[-1])
+        for n in sizes:
+            hit = ok[same & single] if n == 1 else group[group["world_size"] == n]
+            row[f"{cell(n)} device{'s' if n > 1 else ''}"] = _fig6_cell(hit, notes)
+        rows.append(row)
+    return PaperTable("Figure 6: latency vs resolution and devices", pd.DataFrame(rows), sorted(notes))
+
+
+def _fig6_cell(hit: pd.DataFrame, notes: set[str]) -> str:
+    if hit.empty:
+        return "-"
+    r = hit.iloc[-1]
+    speedup, in_job = speedup_cell(r)
+    if in_job:
+        notes.add(IN_JOB_NOTE)
+    lat = fmt_sig(r["latency_s"], 3, " s")
+    return lat if speedup == "-" else f"{lat} ({speedup})"
 
 
 def _pixels(df: pd.DataFrame, resolution: str) -> int:

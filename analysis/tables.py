@@ -2,11 +2,13 @@
 
 Usage::
 
-    python -m analysis.tables SWEEP_DIR [SWEEP_DIR ...] [--table all|jobs|1|2] [--format markdown|latex]
+    python -m analysis.tables SWEEP_DIR [SWEEP_DIR ...] [--table all|jobs|1|2|fig6|gn|warmup]
+                              [--format markdown|latex]
                               [--predictions FILE] [--sort model,height,strategy] [--failures]
 
 A directory is searched recursively for ``results.jsonl`` files. The jobs table needs the standard library
-only; the paper tables (:mod:`analysis.paper`) need pandas.
+only; the paper tables (:mod:`analysis.paper`: Table 1, Table 2, Figure 6; :mod:`analysis.ablations`: the
+GroupNorm and warm-up ablations) need pandas.
 """
 
 from __future__ import annotations
@@ -116,17 +118,23 @@ def _paper_tables(
     records: Sequence[Mapping[str, Any]], which: str, fmt: str, predictions: str | None
 ) -> list[str]:
     """The paper tables of ``records``, rendered (needs pandas)."""
+    from analysis.ablations import gn_table, warmup_table
     from analysis.frame import derive, predictions_frame, read_predictions
     from analysis.load import to_dataframe
-    from analysis.paper import table1, table2, to_latex, to_markdown
+    from analysis.paper import fig6, table1, table2, to_latex, to_markdown
 
     df = derive(to_dataframe(records))
     if not (df["status"] == "ok").any():
         return ["(no ok job: no paper table)"]
     pred = predictions_frame(read_predictions(predictions)) if predictions else None
-    tables = ([table1(df)] if which in ("all", "1") else []) + (
-        [table2(df, pred)] if which in ("all", "2") else []
-    )
+    builders = {
+        "1": table1,
+        "2": lambda d: table2(d, pred),
+        "fig6": fig6,
+        "gn": gn_table,
+        "warmup": warmup_table,
+    }
+    tables = [builders[k](df) for k in (("1", "2") if which == "all" else (which,))]
     render = to_latex if fmt == "latex" else to_markdown
     return [render(t) for t in tables]
 
@@ -139,9 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--table",
-        choices=("all", "jobs", "1", "2"),
+        choices=("all", "jobs", "1", "2", "fig6", "gn", "warmup"),
         default="all",
-        help="jobs: one row per job; 1, 2: the paper's Table 1 / Table 2 layout; all (default): each",
+        help="jobs: one row per job; 1, 2: the paper's Table 1 / Table 2 layout; fig6: Figure 6's latency and "
+        "speedup per resolution and devices; gn, warmup: the GroupNorm / warm-up ablation; all (default): jobs, "
+        "1 and 2",
     )
     parser.add_argument(
         "--format", choices=("markdown", "latex"), default="markdown", help="of the paper tables"
