@@ -193,23 +193,32 @@ class RunLogger:
         self._status: str | None = None
         self._finished = False
 
+        if self._wanted():
+            self._start(run_name, group, config)
+
+    def _wanted(self) -> bool:
+        """Check the settings; False (mode ``disabled`` where it applies) when nothing is to be logged here."""
         if self.name == "none":
-            return
+            return False
         if self.name != "wandb":
             raise ValueError(f"unknown logger name {self.name!r} (expected 'wandb' or 'none')")
         if self.mode not in ("offline", "online", "disabled"):
             raise ValueError(f"unknown W&B mode {self.mode!r} (expected offline, online or disabled)")
         if self.mode == "disabled" or os.environ.get("WANDB_MODE", "").lower() == "disabled":
             self.mode = "disabled"
-            return
+            return False
         if not _rank_is_zero():
             warnings.warn("RunLogger created on a non-zero rank: W&B logging disabled here", stacklevel=2)
             self.mode = "disabled"
-            return
+            return False
+        return True
 
+    def _start(self, run_name: str | None, group: str | None, config: Mapping[str, Any] | None) -> None:
+        """``wandb.init`` (offline instead of online when the server does not answer), and the run's folders."""
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
+        cfg = self.cfg
         wandb_dir = cfg.get("dir")
         if wandb_dir:
             Path(wandb_dir).mkdir(parents=True, exist_ok=True)
@@ -224,15 +233,12 @@ class RunLogger:
             "config": to_jsonable(dict(config)) if config is not None else None,
             "reinit": "create_new",
         }
-
-        def settings() -> Any:
-            return wandb.Settings(
-                silent=True,
-                console=str(cfg.get("console") or "off"),
-                x_disable_stats=not bool(cfg.get("system_stats")),
-                save_code=False,
-            )
-
+        settings = wandb.Settings(
+            silent=True,
+            console=str(cfg.get("console") or "off"),
+            x_disable_stats=not bool(cfg.get("system_stats")),
+            save_code=False,
+        )
         if self.mode == "online" and not _reachable(ONLINE_PROBE_S):
             print(
                 f"W&B: {_api_host()} not reachable within {ONLINE_PROBE_S:g} s; logging offline instead "
@@ -240,8 +246,7 @@ class RunLogger:
                 file=sys.stderr,
             )
             self.mode = "offline"
-        self.run = wandb.init(mode=self.mode, settings=settings(), **init_kwargs)
-
+        self.run = wandb.init(mode=self.mode, settings=settings, **init_kwargs)
         with contextlib.suppress(Exception):
             self.files_dir = Path(self.run.dir)
         try:
