@@ -31,12 +31,12 @@ def _rank(rank: int, world_size: int, repeats: int, port: int, out: str) -> None
     for size in SIZES:
         x = torch.zeros(size // 4)
         y = torch.empty(world_size * x.numel())
-        dist.all_gather_into_tensor(y, x)
+        dist.all_gather_single(y, x)
         times = []
         for _ in range(repeats):
             dist.barrier()
             t0 = time.perf_counter()
-            dist.all_gather_into_tensor(y, x)
+            dist.all_gather_single(y, x)
             times.append(time.perf_counter() - t0)
         rows.append((size, statistics.median(times)))
     if rank == 0:

@@ -25,17 +25,23 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-PREDICTED = {  # bench.py configuration -> cost-model strategy
-    "naive_patch": "naive_patch/row",
-    "displaced_patch/corrected_async_gn": "displaced_patch/corrected_async_gn",
-    "displaced_patch/full_sync": "displaced_patch/full_sync",
-    "displaced_patch/no_sync": "displaced_patch/no_sync",
-    "tensor": "tensor",
-}
+
+def predicted_configs(warmup_steps: int) -> dict[str, tuple[str, dict]]:
+    """bench.py's configurations as cost-model strategies and parameters (bench.py gives ``warmup_steps`` to
+    the configurations with a ``mode``)."""
+    warm = {"warmup_steps": warmup_steps}
+    return {
+        "naive_patch": ("naive_patch/row", {}),
+        "displaced_patch/corrected_async_gn": ("displaced_patch/corrected_async_gn", warm),
+        "displaced_patch/full_sync": ("displaced_patch/full_sync", warm),
+        "displaced_patch/no_sync": ("displaced_patch/no_sync", warm),
+        "tensor": ("tensor", {}),
+    }
 
 
 def single_task(env, model: str, sizes: list[int], steps: int, rounds: int) -> dict | None:
@@ -105,12 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
     alpha, bw, _ = measure(2, repeats=10 if a.quick else 30)
     link = LinkProfile("gloo", "gloo over loopback, measured in this run", alpha, bw)
-    base = DEVICES["cpu"].calibrated(1.0, 1.0, 0.0, "") if "cpu" in DEVICES else None
-    base = base.__class__(**{**base.__dict__, "memory_gbs": memory_gbs()})
+    base = replace(DEVICES["cpu"], memory_gbs=memory_gbs())
     sizes = sorted({*(int(s) for s in a.calibration_sizes.split(",")), a.size})
     build_tiny(a.model)
-    from experiments.cpu_speedup.bench import main as _  # noqa: F401  (bench_task importable by workers)
-
     with WorkerPool(2, device="cpu", threads=1) as pool:
         single = pool.run("experiments.cpu_speedup.predict_check:single_task", model=a.model, sizes=sizes,
                           steps=a.steps, rounds=a.rounds)[0]  # fmt: skip
@@ -129,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {'configuration':<38} {'measured (s)':>12} {'predicted (s)':>13} {'error':>7}")
     worst = 0.0
-    for name, strategy in PREDICTED.items():
-        p = predict(a.model, a.size, a.size, 2, strategy, dev, link, a.steps, dtype="float32",
-                    **({"warmup_steps": a.warmup_steps} if name.startswith("displaced") else {}))  # fmt: skip
+    for name, (strategy, params) in predicted_configs(a.warmup_steps).items():
+        p = predict(a.model, a.size, a.size, 2, strategy, dev, link, a.steps, dtype="float32", **params)
         measured = statistics.median(bench[name])
         err = p.total_s / measured - 1
         worst = max(worst, abs(err))
