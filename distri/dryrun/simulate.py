@@ -16,9 +16,10 @@ import torch.distributed as dist
 from distri.devices import torch_dtype
 from distri.models.adapters import unet_downsamples
 from distri.models.denoiser import BUNDLED, build_meta_unet, bundled_config
+from distri.models.tiny import LOCAL_MODELS
 from distri.parallel.strategy import Fit, Strategy, builtin, strategy_from_config
 
-TINY_MODELS: tuple[str, ...] = ("tiny_sdxl", "tiny_sd15")
+TINY_MODELS: tuple[str, ...] = LOCAL_MODELS  # built locally: the tiny models and small_sdxl
 TEXT_TOKENS = 77
 
 
@@ -175,9 +176,12 @@ def _simulate(
     strategy: Strategy,
     steps: int,
     count_macs: bool,
+    tracer: Any = None,
 ) -> tuple[list[dict[str, Any]], list[int], dict[str, Any] | None]:
-    """Rank 0 of ``world_size`` on the fake group: ``steps`` UNet calls; per-step records, the steady steps and
-    the handle's ``param_report()`` (``None`` for strategies without one)."""
+    """Rank 0 of ``world_size`` on the fake group: ``steps`` UNet calls; per-step records (with the ledger's
+    ``collectives``), the steady steps and the handle's ``param_report()`` (``None`` for strategies without
+    one). With a ``tracer`` (:class:`distri.predict.costs.CostTracer`) the last step runs under it instead of
+    the MAC counter, and its MACs are the tracer's."""
     from distri.parallel.context import make_context
 
     per_step: list[dict[str, Any]] = []
@@ -190,13 +194,19 @@ def _simulate(
             handle.reset()
             for step in range(steps):
                 macs = None
-                if count_macs and step == steps - 1:  # the counter is slow on meta: count one steady step
+                if tracer is not None and step == steps - 1:
+                    with tracer.trace(unet):
+                        unet(**inputs)
+                    macs = sum(o.macs for o in tracer.ops)
+                elif count_macs and step == steps - 1:  # the counter is slow on meta: count one steady step
                     macs = _count_macs(unet, inputs)
                 else:
                     with torch.no_grad():
                         unet(**inputs)
                 per_step.append({"step": step, "macs": macs})
             recs = ctx.ledger.per_step()
+            for rec in per_step:
+                rec["collectives"] = ctx.ledger.collectives(rec["step"])
             steady = _steady_steps(strategy, steps)
             report = handle.param_report() if hasattr(handle, "param_report") else None
         finally:
@@ -218,6 +228,7 @@ def dryrun(
     dtype: str = "float16",
     batch: int = 2,
     count_macs: bool = True,
+    tracer: Any = None,
     **strategy_params: Any,
 ) -> dict[str, Any]:
     """Simulate rank 0 of ``world_size`` running ``steps`` UNet calls of ``strategy``; per-device figures.
@@ -227,7 +238,8 @@ def dryrun(
     warm-up, the first asynchronous step and a steady one; 2 otherwise). ``strategy_params`` are the strategy's
     parameters. MACs are counted on the
     last step (a steady one; every step of these strategies does the same work); ``count_macs=False`` skips the
-    counter (faster; ``macs_per_step`` is then ``None``).
+    counter (faster; ``macs_per_step`` is then ``None``). ``tracer``: a :class:`distri.predict.costs.CostTracer`
+    that records the last step's operators (the cost model's per-layer costs).
 
     Returns ``macs_per_step``/``gmacs_per_step``, ``bytes_per_step``/``by_kind`` averaged over the steady-state
     steps, ``warmup_bytes_per_step`` over the others (if any), ``per_step`` records and ``strategy_report``
@@ -244,7 +256,7 @@ def dryrun(
     unet = build_meta_unet(config, torch_dt)
     check_world_size(unet, height, width, world_size, strategy, cfg_split, **strategy_params)
     inputs = meta_inputs(config, batch, height, width, torch_dt)
-    per_step, steady, report = _simulate(unet, inputs, world_size, spec, steps, count_macs)
+    per_step, steady, report = _simulate(unet, inputs, world_size, spec, steps, count_macs, tracer)
     warm = [s for s in range(steps) if s not in steady]
     nbytes, by_kind = _average(per_step, steady)
     macs = per_step[-1]["macs"]

@@ -90,7 +90,9 @@ class GatheredBuffer:
         for b in range(len(buf)):
             handles.append(_all_gather_flat(buf[b], buf[b, self.rank], self.group, async_op))
             if self.ledger is not None:
-                self.ledger.record(self.kind, "all_gather", buf[b, 0].numel(), self.n, buf.element_size())
+                self.ledger.record(
+                    self.kind, "all_gather", buf[b, 0].numel(), self.n, buf.element_size(), not async_op
+                )
         return handles
 
     def exchange(self) -> torch.Tensor:
@@ -202,7 +204,7 @@ class AsyncBuckets:
         if self.ledger is not None:
             esize = self.send_bufs[b].element_size()
             for kind, elems in self.bucket_kinds[b].items():
-                self.ledger.record(kind, "all_gather", elems, self.n, esize)
+                self.ledger.record(kind, "all_gather", elems, self.n, esize, blocking=False)
 
     # -- receiving ----------------------------------------------------------------------------
     def ready(self) -> bool:

@@ -11,6 +11,10 @@ Counts are per rank (this process's view). ``wait_s`` is the time this rank spen
 the whole call for blocking collectives, only the ``wait()`` for asynchronous ones. On CPU it is host wall time;
 on CUDA the host does not block (NCCL enqueues and returns), so it is measured with CUDA events on the compute
 stream around the collective (what the stream waited), read once the step's work has finished.
+
+:meth:`CommLedger.collectives` also keeps, per step, every collective's operation, group size and whether it
+was issued blocking (the caller waits for it at once) or asynchronously (overlappable with later compute): what
+the cost model (:mod:`distri.predict`) needs to say which communication a strategy exposes.
 """
 
 from __future__ import annotations
@@ -39,11 +43,16 @@ class CommLedger:
             lambda: {"calls": 0, "elements": 0, "bytes": 0.0, "wait_s": 0.0}
         )
         self._events: list[tuple[int, str, Any, Any]] = []  # CUDA (step, kind, start, end), read lazily
+        # (step, kind, op, group size, blocking) -> calls, bytes
+        self._ops: dict[tuple[int, str, str, int, bool], dict[str, float]] = defaultdict(
+            lambda: {"calls": 0, "bytes": 0.0}
+        )
 
     def reset(self) -> None:
         self.step = 0
         self._rec.clear()
         self._events.clear()
+        self._ops.clear()
 
     @staticmethod
     @contextmanager
@@ -71,18 +80,33 @@ class CommLedger:
             self._rec[(step, kind)]["wait_s"] += start.elapsed_time(end) / 1000.0
         self._events.clear()
 
-    def record(self, kind: str, op: str, elements: int, n: int, esize: int) -> None:
+    def record(self, kind: str, op: str, elements: int, n: int, esize: int, blocking: bool = True) -> None:
+        """Count one collective of ``elements`` elements per rank over ``n`` ranks; ``blocking=False`` for one
+        started asynchronously (waited for later)."""
         if n <= 1:
             return
+        if op == "all_gather":
+            nbytes = allgather_bytes(elements, n, esize)
+        elif op == "all_reduce":
+            nbytes = allreduce_bytes(elements, n, esize)
+        else:
+            raise ValueError(f"unknown collective {op!r}")
         r = self._rec[(self.step, kind)]
         r["calls"] += 1
         r["elements"] += elements
-        if op == "all_gather":
-            r["bytes"] += allgather_bytes(elements, n, esize)
-        elif op == "all_reduce":
-            r["bytes"] += allreduce_bytes(elements, n, esize)
-        else:
-            raise ValueError(f"unknown collective {op!r}")
+        r["bytes"] += nbytes
+        o = self._ops[(self.step, kind, op, n, blocking)]
+        o["calls"] += 1
+        o["bytes"] += nbytes
+
+    def collectives(self, step: int) -> list[dict[str, Any]]:
+        """Step ``step``'s collectives grouped by kind, operation, group size ``n`` and ``blocking``: a list of
+        ``{"kind", "op", "n", "blocking", "calls", "bytes"}`` (bytes by the paper's convention, per rank)."""
+        return [
+            {"kind": k, "op": op, "n": n, "blocking": b, **v}
+            for (s, k, op, n, b), v in sorted(self._ops.items())
+            if s == step
+        ]
 
     def per_step(self) -> dict[int, dict[str, dict[str, float]]]:
         self._read_events()

@@ -8,8 +8,8 @@ holding the same pipeline. Each round times one whole pipeline call per configur
 round to round (so drift and position effects spread over all configurations):
 
 * ``single``: rank 0 runs the stock pipeline alone (one thread) while rank 1 waits in a barrier;
-* ``naive_patch`` (row split), ``displaced_patch`` with ``corrected_async_gn``, ``full_sync`` and ``no_sync``:
-  both ranks, the strategy applied for the call and removed after it.
+* ``naive_patch`` (row split), ``displaced_patch`` with ``corrected_async_gn``, ``full_sync`` and ``no_sync``,
+  ``tensor``: both ranks, the strategy applied for the call and removed after it.
 
 Every call starts after a barrier; the time is rank 0's wall time of the whole call (``time.perf_counter``).
 One untimed warm-up call per configuration precedes the rounds. The script prints the median over rounds of
@@ -35,6 +35,7 @@ CONFIGS = {
     ),
     "displaced_patch/full_sync": ("distri.parallel.displaced_patch:apply", {"mode": "full_sync"}),
     "displaced_patch/no_sync": ("distri.parallel.displaced_patch:apply", {"mode": "no_sync"}),
+    "tensor": ("distri.parallel.tensor:apply", {}),
 }
 
 

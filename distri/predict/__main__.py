@@ -1,0 +1,5 @@
+import sys
+
+from distri.predict.cli import main
+
+sys.exit(main())
