@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 from distri.parallel.strategy import choice_fields, strategy_class, strategy_from_config
@@ -75,8 +76,10 @@ def predict_table(
     world_sizes: list[int], strategies: list[str], **kw: Any
 ) -> list[Prediction | dict[str, Any]]:
     """:func:`predict` for every world size and strategy (``none`` at world size 1 is the baseline of
-    ``speedup``); a setting that does not fit is a dict ``{"setting": ..., "error": reason}``."""
-    base = predict(world_size=1, strategy="none", **kw)
+    ``speedup``); a setting that does not fit is a dict ``{"setting": ..., "error": reason}``. Keywords that
+    are not :func:`predict`'s own are the strategies' parameters: the baseline gets only the others."""
+    own = inspect.signature(predict).parameters
+    base = predict(world_size=1, strategy="none", **{k: v for k, v in kw.items() if k in own})
     base.speedup = 1.0
     rows: list[Prediction | dict[str, Any]] = [base] if 1 in world_sizes else []
     for n in world_sizes:

@@ -129,6 +129,19 @@ def test_cli_table_and_json(capsys):
     )
 
 
+def test_cli_strategy_parameters_do_not_reach_the_baseline(capsys):
+    """warmup_steps is displaced patch's: the one-device baseline row still comes, and fewer synchronous
+    steps leave less blocking communication (10 steps: 1 + 1 synchronous against 1 + 2)."""
+    args = ["model=sdxl", "world_size=1,8", "strategy=displaced_patch", "steps=10", "json=true"]
+    rows = {w: [] for w in (1, 2)}
+    for w in rows:
+        assert main([*args, f"warmup_steps={w}"]) == 0
+        rows[w] = json.loads(capsys.readouterr().out)
+    assert [r["setting"]["strategy"] for r in rows[1]] == ["none", "displaced_patch"]
+    assert rows[1][0]["total_s"] == rows[2][0]["total_s"]
+    assert rows[1][1]["exposed_comm_s"] < rows[2][1]["exposed_comm_s"]
+
+
 def test_cli_bad_input(capsys):
     assert main(["device=tpu"]) == 2
     assert "unknown device='tpu'; valid: a100" in capsys.readouterr().err
