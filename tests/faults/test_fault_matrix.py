@@ -4,7 +4,8 @@ Every case starts ``run.py`` in a new session (so its workers and helpers share 
 that it ends within its stated time, that no process of that group is left afterwards, that the earlier line of
 the job's ``results.jsonl`` is byte-identical, and that the new record's status says what happened. SIGKILL of
 the main process can record nothing: there the workers must be gone within seconds, and no line is added.
-Slow cases (``@pytest.mark.slow``): raise at start, exit, freeze at start, hang at start, SIGINT.
+Slow cases (``@pytest.mark.slow``, run by .ci/run after the quick suite): all but raising mid-sampling and
+SIGKILL of the main process.
 """
 
 from __future__ import annotations
@@ -90,9 +91,8 @@ def test_a_rank_exiting(tmp_path):
     assert rec["failed_rank"] == 1 and "worker rank 1 died (exit code 13)" in rec["error"]
 
 
-@pytest.mark.parametrize(
-    "at", [pytest.param("start", marks=pytest.mark.slow), "step:1"], ids=["at-start", "mid-sampling"]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["start", "step:1"], ids=["at-start", "mid-sampling"])
 def test_a_rank_hanging_ends_after_the_timeout(tmp_path, at):
     """A deadlocked rank (still answering heartbeats): no progress for runner.timeout_s=25 ends the job."""
     rec = _failed(Job(tmp_path, f"fault='rank=1,at={at},kind=hang'", "runner.timeout_s=25"), limit_s=300)
@@ -101,11 +101,8 @@ def test_a_rank_hanging_ends_after_the_timeout(tmp_path, at):
         assert "rank 1: timed run 1/1, step 2/3: fault injection (hang)" in rec["error"]
 
 
-@pytest.mark.parametrize(
-    "at",
-    [pytest.param("start", marks=pytest.mark.slow), "step:1"],
-    ids=["while-creating-groups", "mid-sampling"],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["start", "step:1"], ids=["while-creating-groups", "mid-sampling"])
 def test_a_frozen_rank_is_named(tmp_path, at):
     """SIGSTOP-ed rank 1 (no heartbeat): the watchdog names it after runner.timeout_s=25."""
     rec = _failed(Job(tmp_path, f"fault='rank=1,at={at},kind=freeze'", "runner.timeout_s=25"), limit_s=300)
@@ -114,7 +111,10 @@ def test_a_frozen_rank_is_named(tmp_path, at):
 
 @pytest.mark.parametrize(
     "sig, to_group",
-    [pytest.param(signal.SIGINT, True, marks=pytest.mark.slow), (signal.SIGTERM, False)],
+    [
+        pytest.param(signal.SIGINT, True, marks=pytest.mark.slow),
+        pytest.param(signal.SIGTERM, False, marks=pytest.mark.slow),
+    ],
     ids=["SIGINT-to-the-group", "SIGTERM-to-main"],
 )
 def test_interrupting_the_main_process_records_interrupted(tmp_path, sig, to_group):

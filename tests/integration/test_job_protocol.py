@@ -72,6 +72,7 @@ def run(cfg: dict, tmp_path: Path) -> dict:
     return rec
 
 
+@pytest.mark.slow
 def test_timed_calls_are_only_timed_and_images_stream(monkeypatch, tmp_path):
     calls = Calls(monkeypatch)
     cfg = config(
@@ -103,6 +104,7 @@ def test_timed_calls_are_only_timed_and_images_stream(monkeypatch, tmp_path):
     assert rec["comm"]["sync_steps"] is None and rec["threads_per_rank"] == torch.get_num_threads()
 
 
+@pytest.mark.slow
 def test_without_saved_images_the_comparison_still_reads_pngs_then_removes_them(monkeypatch, tmp_path):
     calls = Calls(monkeypatch)
     cfg = config(

@@ -31,6 +31,7 @@ def sweep(tmp_path_factory):
     return sorted(records, key=lambda r: r["config"]["strategy"]["name"], reverse=True), tmp
 
 
+@pytest.mark.slow
 def test_the_second_job_of_a_sweep_reuses_the_originals(sweep):
     (first, second), _ = sweep
     assert first["config"]["strategy"]["name"] == "naive_patch"
@@ -39,6 +40,7 @@ def test_the_second_job_of_a_sweep_reuses_the_originals(sweep):
     assert first["originals"]["dir"] == second["originals"]["dir"]
 
 
+@pytest.mark.slow
 def test_every_metric_is_recorded_or_skipped_with_its_reason(sweep):
     for rec in sweep[0]:
         m = rec["metrics"]
@@ -52,6 +54,7 @@ def test_every_metric_is_recorded_or_skipped_with_its_reason(sweep):
         assert "clip_score" in rec["baseline_metrics"]
 
 
+@pytest.mark.slow
 def test_the_folder_command_gives_the_jobs_numbers(sweep):
     (_, rec), tmp = sweep
     prompts = tmp / "prompts.txt"

@@ -70,6 +70,7 @@ def sweep_on_slurm(
     return recs, sweep, time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_two_job_sweep_through_the_slurm_launcher(slurm_cluster, tmp_path):
     recs, sweep, wall = sweep_on_slurm(tmp_path, ["world_size=1,2"])
     assert sorted(r["config"]["world_size"] for r in recs) == [1, 2]  # one record per job: rank 0's only
@@ -89,6 +90,7 @@ def test_two_job_sweep_through_the_slurm_launcher(slurm_cluster, tmp_path):
     assert wall < 240, f"the sweep took {wall:.0f} s"
 
 
+@pytest.mark.slow
 def test_a_rank_failing_under_slurm_gives_one_failed_record_and_every_task_ends(slurm_cluster, tmp_path):
     recs, sweep, wall = sweep_on_slurm(
         tmp_path, ["world_size=2", "runner.timeout_s=120"], code=1, DISTRI_FAULT="rank=1,at=start,kind=raise"
