@@ -2,8 +2,10 @@
 
 ``python -m distri.models.train_shapes [--out DIR] [--size 128] [--vae-steps N] [--unet-steps N] ...``
 
-Two phases, on CPU by default (``torch.set_num_threads(--threads)``), deterministic given ``--seed`` and the
-thread count: batch ``s`` of a phase holds scenes ``s * batch ... (s + 1) * batch - 1`` of the training stream
+Two phases, on CPU (``torch.set_num_threads(--threads)``, default 1: on a 2-core machine shared with other
+work, 2 threads made a step up to 10 times slower than 1, their synchronisation waiting on descheduled threads),
+deterministic given ``--seed`` and the thread count (nothing depends on the total number of steps, so a run
+stopped after ``N`` UNet steps equals a run with ``--unet-steps N``): batch ``s`` of a phase holds scenes ``s * batch ... (s + 1) * batch - 1`` of the training stream
 and its noise comes from a generator seeded with ``(seed, phase, s)``, so a resumed run continues exactly.
 
 1. The VAE (``AutoencoderKL``, 4 levels, scale factor 8, no attention in its middle block) alone, on random
@@ -227,11 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state", type=Path, default=Path(".train_shapes/state.pt"), help="resume state file")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (latent: size / 8)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see the module doc)")
     p.add_argument("--vae-steps", type=int, default=500)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--unet-steps", type=int, default=8000)
+    p.add_argument("--unet-steps", type=int, default=3500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--scenes", type=int, default=16384, help="training scenes encoded for the UNet phase")

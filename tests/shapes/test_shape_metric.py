@@ -1,7 +1,10 @@
 """The shape-accuracy metric: the shipped classifier reads held-out procedural scenes (stream 10000, never
 trained on), and the metric's record fields reach a job's quality record for shapes models only.
 
-Measured on the first 64 held-out scenes (clean renders at 128 px): MEASURED.
+Measured on the first 64 held-out scenes (128 px): object cells of the class map right 97.9% (97.4% with the
+training perturbations), backgrounds 100%; the attribute rules on the true masks 99.7%, the whole metric on the
+PNG files 99.7% (one size of 127 wrong). Bounds: 95% for the cells, 98% for backgrounds and the rules, 97% for
+the metric.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def test_classifier_maps_held_out_scenes():
     acc_p = (cls_p.argmax(1) == maps)[objects].float().mean().item()
     bg_acc = (bg.argmax(1) == bgs).float().mean().item()
     print(f"object cells {acc:.3f} (perturbed {acc_p:.3f}), background {bg_acc:.3f}")
-    assert acc > 0.9 and acc_p > 0.85 and bg_acc > 0.95
+    assert acc > 0.95 and acc_p > 0.95 and bg_acc > 0.98
 
 
 def test_true_masks_satisfy_every_attribute_and_the_classifier_nearly_so(tmp_path):
@@ -46,6 +49,6 @@ def test_true_masks_satisfy_every_attribute_and_the_classifier_nearly_so(tmp_pat
     truth = sum(h for _, h in exact) / len(exact)
     scores = shape_scores(paths, captions, originals=paths)
     print(f"true maps {truth:.3f}, classifier {scores}")
-    assert truth > 0.9
-    assert scores["shape_accuracy"] > 0.85 and scores["shape_agreement_vs_orig"] == 1.0
+    assert truth > 0.98
+    assert scores["shape_accuracy"] > 0.97 and scores["shape_agreement_vs_orig"] == 1.0
     assert captions == held_out_captions(N)
