@@ -49,7 +49,8 @@ SETTING = ("model", "sampler", "steps", "guidance", "height", "width", "dtype", 
 """What must match for two jobs to be the same setting (the one-device row of a setting is its baseline)."""
 
 QUALITY = {"psnr_vs_orig": True, "lpips_vs_orig": False, "lpips_vs_gt": False, "fid_vs_orig": False,
-           "fid_vs_gt": False, "clip_score": True}  # fmt: skip
+           "fid_vs_gt": False, "clip_score": True, "shape_accuracy": True,
+           "shape_agreement_vs_orig": True}  # fmt: skip
 """Quality metrics of a record's ``metrics`` -> whether higher is better."""
 
 _LABELS = {

@@ -49,7 +49,12 @@ class Infeasible(ConfigError):
 class ModelConfig:
     name: str = MISSING
     family: str = MISSING  # sdxl | sd: which diffusers pipeline class
-    source: str = "hub"  # tiny: built locally from configs; hub: HF hub id or local folder
+    source: str = (
+        "hub"  # tiny: built locally from configs; bundled: shipped in distri/models/weights; hub: HF
+    )
+    domain: str = (
+        "open"  # open: any caption | shapes: trained on distri.data.shapes captions (shape_accuracy)
+    )
     id: str = ""
     revision: str | None = None
     variant: str | None = None
@@ -281,7 +286,8 @@ def validate(cfg: dict[str, Any]) -> None:
     _choice(p, "dtype", cfg["dtype"], DTYPES)
     _check_dtype(cfg, p)
     _choice(p, "model.family", cfg["model"]["family"], ("sdxl", "sd"))
-    _choice(p, "model.source", cfg["model"]["source"], ("tiny", "hub"))
+    _choice(p, "model.source", cfg["model"]["source"], ("tiny", "bundled", "hub"))
+    _choice(p, "model.domain", cfg["model"]["domain"], ("open", "shapes"))
     sm = cfg["sampler"]
     _choice(p, "sampler", sm["name"], SAMPLERS)
     steps = sm["num_inference_steps"]
@@ -301,7 +307,7 @@ def validate(cfg: dict[str, Any]) -> None:
     if r["cpu_threads_per_rank"] < 1:
         p.append(f"runner.cpu_threads_per_rank must be >= 1, got {r['cpu_threads_per_rank']}")
     pr = cfg["prompts"]
-    _choice(p, "prompts", pr["name"], ("builtin", "coco"))
+    _choice(p, "prompts", pr["name"], ("builtin", "coco", "shapes"))
     if pr["name"] == "coco" and (not pr.get("path") or not os.path.exists(pr["path"])):
         p.append(
             f"prompts=coco needs prompts.path pointing at a COCO captions file (got {pr.get('path')!r}); "

@@ -24,7 +24,9 @@ BUILTIN_PROMPTS: list[str] = [
 ]
 """Eight short, varied prompts for smoke runs and quick comparisons."""
 
-PROMPT_SETS: tuple[str, ...] = ("builtin", "coco")
+PROMPT_SETS: tuple[str, ...] = ("builtin", "coco", "shapes")
+SHAPES_PROMPTS = 64
+"""Size of the ``shapes`` prompt set: held-out captions of :mod:`distri.data.shapes` (stream 10000)."""
 
 _COCO_HELP = (
     "COCO captions come from the COCO 2014 annotations (annotations_trainval2014.zip from cocodataset.org, "
@@ -112,7 +114,7 @@ def read_captions(path: str | Path) -> list[str]:
 def load_prompts(cfg: Mapping[str, Any]) -> list[str]:
     """Return the prompt list described by ``cfg``.
 
-    ``cfg`` keys: ``name`` ("builtin" or "coco"), ``prompts`` (builtin only: a list overriding
+    ``cfg`` keys: ``name`` ("builtin", "coco" or "shapes": held-out captions of the procedural shapes), ``prompts`` (builtin only: a list overriding
     :data:`BUILTIN_PROMPTS` when non-empty), ``path`` (coco: captions file, see :func:`read_captions`) and
     ``limit`` (int or None: keep the first ``limit`` prompts).
 
@@ -128,6 +130,10 @@ def load_prompts(cfg: Mapping[str, Any]) -> list[str]:
         if not path:
             raise ValueError(f"prompts.name=coco needs prompts.path. {_COCO_HELP}")
         prompts = read_captions(path)
+    elif name == "shapes":
+        from distri.data.shapes import held_out_captions
+
+        prompts = held_out_captions(SHAPES_PROMPTS)
     else:
         raise ValueError(f"unknown prompt set {name!r}; valid: {', '.join(PROMPT_SETS)}")
     limit = cfg.get("limit")

@@ -126,6 +126,12 @@ def _quality_lines(rec: dict[str, Any]) -> list[str]:
             "Inception/AlexNet/CLIP): not comparable with published numbers; `python -m distri.weights fetch` "
             "gets the real ones"
         )
+    if "shape_accuracy" in m:
+        lines.append(
+            f"  shape accuracy (captions' attributes found by the {m.get('backbone_shape_accuracy')}), original / "
+            f"parallel: {_num(bm.get('shape_accuracy'), '.3f', 0)} / {_num(m['shape_accuracy'], '.3f', 0)}; "
+            f"agreement with the original {_num(m.get('shape_agreement_vs_orig'), '.3f', 0)}"
+        )
     for metric, why in (m.get("skipped") or {}).items():
         lines.append(f"  {metric}: skipped ({why})")
     for metric, note in (m.get("notes") or {}).items():

@@ -171,9 +171,12 @@ def _real_name(metric: str, o: MetricOptions) -> str:
     }[metric]
 
 
+SHAPES_FID = "shape classifier features (64, trained on distri.data.shapes)"
+
+
 def _standin_name(metric: str, o: MetricOptions) -> str:
     return {
-        "fid": "4-layer conv net, seed 0, 64 features",
+        "fid": SHAPES_FID if o.domain == "shapes" else "4-layer conv net, seed 0, 64 features",
         "lpips": f"lpips v0.1 {o.lpips_net} with a random trunk, seed 1",
         "clip_score": "tiny CLIP, seed 2",
     }[metric]
@@ -264,7 +267,13 @@ class FidFeatures(nn.Module):
 
 
 def load_fid_features(backbone: Backbone, device) -> FidFeatures:
-    """The FID feature extractor: clean-fid's Inception (``resize_inside=False``) or :class:`StandInFeatures`."""
+    """The FID feature extractor: clean-fid's Inception (``resize_inside=False``), or the stand-in: for shapes
+    models the shape classifier's features (:class:`~distri.metrics.shapes.ShapeFeatures`), else
+    :class:`StandInFeatures`."""
+    if backbone.kind == "stand-in" and backbone.name == SHAPES_FID:
+        from distri.metrics.shapes import ShapeFeatures
+
+        return FidFeatures(ShapeFeatures(), ShapeFeatures.num_features).to(device)
     if backbone.kind == "stand-in":
         from distri.metrics.standins import StandInFeatures
 

@@ -10,6 +10,9 @@ stored as a string):
   ``max_abs_err_vs_orig`` (largest absolute pixel difference over all pairs) and ``mean_abs_err_vs_orig`` (mean
   over pairs of each pair's mean absolute difference), in ``[0, 1]`` units of the 8-bit images;
 * ``lpips_vs_orig``, ``lpips_vs_gt``, ``fid_vs_orig``, ``fid_vs_gt``, ``clip_score``;
+* shapes models only (options ``domain="shapes"``, with prompts): ``shape_accuracy`` and its parts
+  ``shape_accuracy_<object|size|relation|background>``, ``n_attributes_shape_accuracy``, with originals
+  ``shape_agreement_vs_orig``, and ``backbone_shape_accuracy`` (see :mod:`distri.metrics.shapes`);
 * ``n_images_<metric>`` for each metric computed, ``backbone_<metric>`` (``real`` or ``stand-in``) for each
   metric with a backbone, ``backbone_names`` (what each backbone is), ``quality_method`` (how it was measured);
 * ``skipped``: ``{metric: reason}`` for every metric not computed (reference absent, disabled, too few images
@@ -194,6 +197,11 @@ def compute_metrics(
         run.fid(gen, fid_refs)
     if run.wanted("clip_score", "clip_score", prompts, NO_PROMPTS):
         run.clip(gen, prompts)
+    if o.domain == "shapes" and prompts is not None:
+        from distri.metrics.shapes import CLASSIFIER, shape_scores
+
+        run.record.update(shape_scores(gen, prompts, orig))
+        run.record["backbone_shape_accuracy"] = CLASSIFIER
     run.record["skipped"] = {m: run.skipped[m] for m in ALL_METRICS if m in run.skipped}
     run.record["notes"] = dict(run.notes)
     run.record["backbone_names"] = {m: b.label() for m, b in run.bb.items.items()}
@@ -225,6 +233,9 @@ def describe_quality(o: MetricOptions, bb: Backbones, record: Mapping[str, Any])
     if "clip_score" in record:
         parts.append(f"CLIP score: torchmetrics CLIPScore, max(100 * mean cosine, 0), backbone "
                      f"{bb.items['clip_score'].label()}")  # fmt: skip
+    if "shape_accuracy" in record:
+        parts.append("shape accuracy: fraction of the captions' attributes (objects, sizes, relations, "
+                     f"backgrounds) the {record['backbone_shape_accuracy']} finds")  # fmt: skip
     if any(b.kind == "stand-in" for b in bb.items.values()):
         parts.append("numbers with backbone_*=stand-in are not comparable with published ones")
     return "; ".join(parts)

@@ -22,6 +22,10 @@ def weights_dir(model_cfg: Mapping[str, Any]) -> Path:
         from distri.models.tiny import build_tiny
 
         return build_tiny(model_cfg["name"], model_cfg.get("cache_dir"))  # returns the built folder
+    if model_cfg.get("source") == "bundled":
+        from distri.models.bundled import bundled_dir
+
+        return bundled_dir(model_cfg.get("id") or model_cfg["name"])
     model_id = str(model_cfg.get("id") or "")
     path = Path(model_id).expanduser()
     if (path / "model_index.json").is_file():
@@ -73,8 +77,9 @@ def job_quality(
     from distri.metrics.backbones import resolve_backbones
     from distri.metrics.compute import compute_metrics
     from distri.metrics.grid import comparison_grid
+    from distri.metrics.options import job_metric_config
 
-    opts = cfg["metrics"]
+    opts = job_metric_config(cfg)
     metrics = compute_metrics(images, originals, None, prompts, opts, backbones=resolve_backbones(opts),
                               device=device)  # fmt: skip
     grid = None

@@ -20,6 +20,7 @@ QUALITY_METRICS: tuple[str, ...] = ("psnr", "lpips", "fid", "clip_score")
 BACKBONE_MODES: tuple[str, ...] = ("auto", "real", "stand-in")
 LPIPS_NETS: tuple[str, ...] = ("alex", "vgg")
 FID_IMPLS: tuple[str, ...] = ("clean-fid", "torchmetrics")
+DOMAINS: tuple[str, ...] = ("open", "shapes")
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 """torchmetrics' default CLIP for ``CLIPScore``."""
 
@@ -37,6 +38,7 @@ class MetricOptions:
     batch_size: int = 16
     num_workers: int = 0
     progress: bool = True
+    domain: str = "open"  # the model's (model.domain, set by the job): "shapes" adds shape_accuracy
 
     def wants(self, metric: str) -> bool:
         return metric in self.compute
@@ -57,6 +59,7 @@ def _problems(o: MetricOptions) -> list[str]:
     _choice(problems, "backbones", o.backbones, BACKBONE_MODES)
     _choice(problems, "lpips_net", o.lpips_net, LPIPS_NETS)
     _choice(problems, "fid_impl", o.fid_impl, FID_IMPLS)
+    _choice(problems, "domain", o.domain, DOMAINS)
     if not isinstance(o.batch_size, int) or o.batch_size < 1:
         problems.append(f"metrics.batch_size must be an integer >= 1, got {o.batch_size!r}")
     if not isinstance(o.num_workers, int) or o.num_workers < 0:
@@ -88,6 +91,11 @@ def metric_problems(options: Mapping[str, Any] | MetricOptions | None) -> list[s
     Keys this module does not own (e.g. ``compare_to_original``, ``originals_dir``) are ignored.
     """
     return _problems(_build(options))
+
+
+def job_metric_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's ``metrics`` config with its model's ``domain`` (which decides the shapes metrics)."""
+    return {**cfg["metrics"], "domain": cfg["model"].get("domain", "open")}
 
 
 def metric_options(

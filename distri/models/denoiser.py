@@ -2,7 +2,8 @@
 
 Config validation and the dry run need the denoiser's architecture (its down-samplings, head and group counts)
 before, or instead of, loading any weight. :func:`find_unet_config` looks for the UNet's ``config.json`` where
-the loader would find the model: the tiny specs for ``source: tiny``, the ``unet/`` folder of a local pipeline
+the loader would find the model: the tiny specs for ``source: tiny``, the
+package's weights folder for ``source: bundled``, the ``unet/`` folder of a local pipeline
 folder, the Hugging Face cache for a hub id; failing those, the public config bundled in
 ``distri/models/configs`` under the model's name (``sdxl``, ``sd15``, ``sd21``).
 """
@@ -46,6 +47,15 @@ def find_unet_config(model_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
         try:
             return tiny_spec(model_cfg["name"])["unet"]
         except ValueError:  # not a tiny model: the loader says so when it runs
+            return None
+    if model_cfg.get("source") == "bundled":
+        from distri.models.bundled import bundled_dir
+
+        try:
+            return json.loads(
+                (bundled_dir(model_cfg.get("id") or model_cfg["name"]) / "unet" / "config.json").read_text()
+            )
+        except ValueError:  # the loader says so when it runs
             return None
     if model_cfg.get("id"):
         found = _cached_config(model_cfg["id"], model_cfg.get("revision"), model_cfg.get("cache_dir"))

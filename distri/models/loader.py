@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from distri.models.bundled import bundled_dir
 from distri.models.tiny import LOCAL_MODELS, build_tiny, quiet_progress_bars, tiny_spec
 
 FAMILIES: dict[str, type[DiffusionPipeline]] = {
@@ -31,7 +32,7 @@ FAMILIES: dict[str, type[DiffusionPipeline]] = {
 }
 """Pipeline class for each model family."""
 
-SOURCES: tuple[str, ...] = ("tiny", "hub")
+SOURCES: tuple[str, ...] = ("tiny", "bundled", "hub")
 
 try:  # newer diffusers name the from_pretrained dtype argument `dtype` and deprecate `torch_dtype`
     from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
@@ -134,7 +135,8 @@ def load_pipeline(
     """Load the pipeline described by ``model_cfg`` and move it to ``device`` / ``dtype``.
 
     ``model_cfg`` keys: ``name`` (tiny_sdxl | tiny_sd15 | sdxl | sd15 | sd21), ``family`` ("sdxl" | "sd"),
-    ``source`` ("tiny" | "hub"), ``id`` (hub id or local folder; unused for tiny), ``revision``, ``variant``
+    ``source`` ("tiny" | "bundled" | "hub"), ``id`` (hub id or local folder; for bundled: the name of a folder
+    in ``distri/models/weights``; unused for tiny), ``revision``, ``variant``
     (e.g. "fp16"), ``cache_dir`` (tiny: where tiny models are built; hub: the Hugging Face cache dir) and
     ``allow_pickle`` (default false: only ``.safetensors`` weights load; true also accepts pickled ``.bin``).
 
@@ -171,6 +173,9 @@ def load_pipeline(
         path = build_tiny(name, _get(model_cfg, "cache_dir"))
         with quiet_progress_bars(), _on(device):
             pipe = pipe_cls.from_pretrained(str(path), **kwargs)
+    elif source == "bundled":
+        with quiet_progress_bars(), _on(device):
+            pipe = pipe_cls.from_pretrained(str(bundled_dir(_get(model_cfg, "id", name))), **kwargs)
     else:
         with quiet_progress_bars(), _on(device):
             pipe = _load_real(pipe_cls, model_cfg, kwargs)

@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,17 +218,26 @@ def build_components(name: str, workdir: str | os.PathLike) -> dict[str, Any]:
     arguments to ``StableDiffusionXLPipeline`` (tiny_sdxl) or ``StableDiffusionPipeline`` (tiny_sd15, which
     also needs ``safety_checker=None, feature_extractor=None, requires_safety_checker=False``).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    spec = tiny_spec(name)
-    workdir = Path(workdir)
-    with _seeded(_SEEDS["unet"]):
-        unet = UNet2DConditionModel(**spec["unet"])
+    components = components_from_spec(tiny_spec(name), workdir, _SEEDS, MERGE_WORDS)
+    unet = components["unet"]
     with torch.no_grad():  # default init predicts noise of std ~0.3; a trained epsilon model's is ~1
         unet.conv_out.weight.mul_(_CONV_OUT_GAIN)
         unet.conv_out.bias.mul_(_CONV_OUT_GAIN)
-    with _seeded(_SEEDS["vae"]):
+    return components
+
+
+def components_from_spec(
+    spec: dict[str, Any], workdir: str | os.PathLike, seeds: dict[str, int], words: Sequence[str]
+) -> dict[str, Any]:
+    """Pipeline components from config dicts shaped like :func:`tiny_spec`'s, each module initialised with
+    torch's default init under its seed in ``seeds``; the tokenizers merge ``words`` (files in ``workdir``)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    workdir = Path(workdir)
+    with _seeded(seeds["unet"]):
+        unet = UNet2DConditionModel(**spec["unet"])
+    with _seeded(seeds["vae"]):
         vae = AutoencoderKL(**spec["vae"])
     sched_cfg = dict(spec["scheduler"])
     sched_cls = {"EulerDiscreteScheduler": EulerDiscreteScheduler, "DDIMScheduler": DDIMScheduler}[
@@ -239,7 +248,9 @@ def build_components(name: str, workdir: str | os.PathLike) -> dict[str, Any]:
     components: dict[str, Any] = {"unet": unet, "vae": vae, "scheduler": scheduler}
     suffixes = ["", "_2"] if spec["family"] == "sdxl" else [""]
     for suffix in suffixes:
-        tokenizer = build_tokenizer(workdir / f"tokenizer{suffix}", spec[f"tokenizer{suffix}"]["pad_token"])
+        tokenizer = build_tokenizer(
+            workdir / f"tokenizer{suffix}", spec[f"tokenizer{suffix}"]["pad_token"], words
+        )
         vocab = tokenizer.get_vocab()
         text_cfg = CLIPTextConfig(
             **spec[f"text_encoder{suffix}"],
@@ -249,7 +260,7 @@ def build_components(name: str, workdir: str | os.PathLike) -> dict[str, Any]:
             pad_token_id=vocab[tokenizer.pad_token],
         )
         model_cls = CLIPTextModelWithProjection if suffix == "_2" else CLIPTextModel
-        with _seeded(_SEEDS[f"text_encoder{suffix}"]):
+        with _seeded(seeds[f"text_encoder{suffix}"]):
             text_encoder = model_cls(text_cfg)
         components[f"tokenizer{suffix}"] = tokenizer
         components[f"text_encoder{suffix}"] = text_encoder.eval()

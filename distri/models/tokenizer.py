@@ -8,6 +8,7 @@ so that prompts tokenize into short sequences; nothing is downloaded. Used by th
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 BOS = "<|startoftext|>"
@@ -63,13 +64,14 @@ def _bytes_to_unicode() -> list[str]:
     return [symbols[b] for b in printable + rest]
 
 
-def tokenizer_files() -> tuple[dict[str, int], list[str]]:
-    """Vocabulary (token -> id) and merge list of the tiny byte-level BPE tokenizer."""
+def tokenizer_files(words: Sequence[str] = MERGE_WORDS) -> tuple[dict[str, int], list[str]]:
+    """Vocabulary (token -> id) and merge list of a byte-level BPE tokenizer merging ``words`` (default: the
+    tiny models' :data:`MERGE_WORDS`)."""
     base = _bytes_to_unicode()
     tokens = base + [s + "</w>" for s in base]
     known = set(tokens)
     merges: list[str] = []
-    for word in MERGE_WORDS:
+    for word in words:
         # Merge the word left to right: ((w o) r) d</w>; each step joins the current prefix with the next symbol.
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         prefix = symbols[0]
@@ -84,10 +86,11 @@ def tokenizer_files() -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def build_tokenizer(workdir: Path, pad_token: str):
+def build_tokenizer(workdir: Path, pad_token: str, words: Sequence[str] = MERGE_WORDS):
+    """A ``CLIPTokenizer`` merging ``words``, its vocab.json and merges.txt written into ``workdir``."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = tokenizer_files()
+    vocab, merges = tokenizer_files(words)
     workdir.mkdir(parents=True, exist_ok=True)
     vocab_file, merges_file = workdir / "vocab.json", workdir / "merges.txt"
     vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")

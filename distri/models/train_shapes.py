@@ -1,0 +1,262 @@
+"""Train ``shapes_sdxl``: a tiny SDXL-shaped pipeline that draws the procedural shapes of :mod:`distri.data.shapes`.
+
+``python -m distri.models.train_shapes [--out DIR] [--size 128] [--vae-steps N] [--unet-steps N] ...``
+
+Two phases, on CPU (``torch.set_num_threads(--threads)``, default 1: on a 2-core machine shared with other
+work, 2 threads made a step up to 10 times slower than 1, their synchronisation waiting on descheduled threads),
+deterministic given ``--seed`` and the thread count (nothing depends on the total number of steps, so a run
+stopped after ``N`` UNet steps equals a run with ``--unet-steps N``): batch ``s`` of a phase holds scenes ``s * batch ... (s + 1) * batch - 1`` of the training stream
+and its noise comes from a generator seeded with ``(seed, phase, s)``, so a resumed run continues exactly.
+
+1. The VAE (``AutoencoderKL``, 4 levels, scale factor 8, no attention in its middle block) alone, on random
+   64x64 crops of the scenes: mean squared reconstruction error plus a KL term of weight 1e-6 per element
+   (the weighting of Stable Diffusion's autoencoders, without their adversarial and perceptual terms). It is then frozen and its ``scaling_factor``
+   set to 1 / std of the latents of a held batch, so the diffusion model sees unit-variance latents.
+2. The UNet and both CLIP text encoders together: the epsilon-prediction loss of DDPM training with the
+   pipeline's scheduler (1000 steps, scaled-linear betas); timesteps uniform. The text goes through the
+   pipeline's own ``encode_prompt`` (penultimate hidden states of both encoders, concatenated; pooled
+   projection of the second), and the SDXL time ids are those the pipeline passes at ``--size``. A caption
+   is dropped with probability 0.1: its embeddings are set to zero, which is what the SDXL pipeline uses for
+   the unconditional branch of classifier-free guidance (``force_zeros_for_empty_prompt``). The latents of
+   a fixed set of ``--scenes`` scenes are encoded once (posterior mean and std; a latent is sampled from it
+   per step). The weights saved are an exponential moving average (decay 0.999) of the trained ones.
+
+Every ``--save-every`` steps the pipeline is saved with ``save_pretrained`` (safetensors; the UNet in float16
+to keep the shipped weights small) into ``--out``, and the training state into ``--state`` (resumed from
+there on a restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from distri.data.shapes import VOCABULARY, make_scene, render
+from distri.models.tiny import components_from_spec, quiet_progress_bars, tiny_spec
+from distri.models.tokenizer import MERGE_WORDS
+
+DEFAULT_OUT = Path(__file__).parent / "weights" / "shapes_sdxl"
+SEEDS = {"unet": 10, "vae": 11, "text_encoder": 12, "text_encoder_2": 13}
+CROP = 64
+"""Side of the random crops (aligned to the latent grid) the VAE is trained on: a quarter of the cost."""
+WORDS = tuple(dict.fromkeys((*VOCABULARY, *MERGE_WORDS)))
+"""Words the shapes tokenizer merges into single tokens: the captions' vocabulary first."""
+
+
+def shapes_spec(size: int) -> dict[str, Any]:
+    """Config dicts of the shapes_sdxl pipeline at image side ``size`` (latent ``size // 8``): tiny_sdxl's
+    (:func:`distri.models.tiny.tiny_spec`: text encoders, tokenizers, SDXL conditioning) with a UNet of
+    channels 32/64/96, 4 heads and one layer per block, and a VAE of channels 16/32/64/64 without attention in
+    its middle block (fully convolutional: trained on crops, used on whole images)."""
+    spec = tiny_spec("tiny_sdxl")
+    spec["unet"].update(
+        sample_size=size // 8,
+        block_out_channels=[32, 64, 96],
+        layers_per_block=1,
+        attention_head_dim=[4, 4, 4],  # diffusers' historical naming: the number of heads
+        transformer_layers_per_block=[1, 1, 1],
+    )
+    spec["vae"].update(
+        block_out_channels=[16, 32, 64, 64],
+        norm_num_groups=8,
+        mid_block_add_attention=False,
+        sample_size=size,
+    )
+    spec["scheduler"]["_class_name"] = "DDIMScheduler"
+    return spec
+
+
+def scene_batch(seed: int, start: int, n: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """Scenes ``start .. start + n - 1`` of stream ``seed``: images in [-1, 1] (n, 3, size, size), captions."""
+    scenes = [make_scene(seed, i) for i in range(start, start + n)]
+    images = np.stack([np.asarray(render(s, size)[0]) for s in scenes])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x, [s.caption for s in scenes]
+
+
+def _generator(seed: int, phase: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + phase * 100_003 + step)
+
+
+def vae_step(vae, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Loss of one VAE step: reconstruction MSE + 1e-6 * KL(posterior || N(0, 1)) per element."""
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample(generator=gen)).sample
+    return F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean() / x[0].numel()
+
+
+def unet_step(pipe, latents: torch.Tensor, captions: list[str], gen: torch.Generator) -> torch.Tensor:
+    """Epsilon-prediction loss of one UNet + text-encoder step on ``latents`` (already scaled)."""
+    n = latents.shape[0]
+    embeds, _, pooled, _ = pipe.encode_prompt(captions, device="cpu", do_classifier_free_guidance=False)
+    keep = (torch.rand(n, generator=gen) >= 0.1).float()
+    embeds, pooled = embeds * keep[:, None, None], pooled * keep[:, None]
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (n,), generator=gen)
+    noisy = pipe.scheduler.add_noise(latents, noise, t)
+    size = latents.shape[-1] * pipe.vae_scale_factor
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(n, 6)
+    pred = pipe.unet(noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    return F.mse_loss(pred, noise)
+
+
+def build_pipeline(size: int, workdir: Path):
+    from diffusers import StableDiffusionXLPipeline
+
+    components = components_from_spec(shapes_spec(size), workdir, SEEDS, WORDS)
+    return StableDiffusionXLPipeline(**components, add_watermarker=False)
+
+
+def _trainable(pipe) -> torch.nn.ModuleDict:
+    return torch.nn.ModuleDict(
+        {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+    )
+
+
+def encode_scenes(pipe, args) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Posterior mean and std of the (scaled) latents of the first ``args.scenes`` training scenes."""
+    means, stds, captions = [], [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, args.scenes, 64), desc="encode scenes", mininterval=10):
+            x, caps = scene_batch(args.seed, start, min(64, args.scenes - start), args.size)
+            dist = pipe.vae.encode(x).latent_dist
+            means.append(dist.mean * pipe.vae.config.scaling_factor)
+            stds.append(dist.std * pipe.vae.config.scaling_factor)
+            captions += caps
+    return torch.cat(means), torch.cat(stds), captions
+
+
+def train_vae(pipe, args, state: dict[str, Any]) -> None:
+    vae = pipe.vae
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    if "vae_opt" in state:
+        opt.load_state_dict(state["vae_opt"])
+    vae.train()
+    bar = tqdm(range(state.get("vae_step", 0), args.vae_steps), desc="vae", mininterval=10)
+    for step in bar:
+        x, _ = scene_batch(args.seed, step * args.vae_batch, args.vae_batch, args.size)
+        gen = _generator(args.seed, 1, step)
+        top, left = (8 * int(v) for v in torch.randint(0, (args.size - CROP) // 8 + 1, (2,), generator=gen))
+        loss = vae_step(vae, x[:, :, top : top + CROP, left : left + CROP], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.vae_steps:
+            state.update(vae_step=step + 1, vae_opt=opt.state_dict(), vae=vae.state_dict())
+            _save_state(state, args.state)
+    vae.eval().requires_grad_(False)
+    if "scaling_factor" not in state:
+        with torch.no_grad():  # held batch: scenes of another stream
+            x, _ = scene_batch(args.seed + 1, 0, 256, args.size)
+            std = vae.encode(x).latent_dist.mean.std().item()
+        state["scaling_factor"] = 1.0 / std
+    vae.register_to_config(scaling_factor=state["scaling_factor"])
+
+
+def train_unet(pipe, args, state: dict[str, Any]) -> None:
+    from diffusers.training_utils import EMAModel
+
+    modules = _trainable(pipe)
+    if "unet_modules" in state:
+        modules.load_state_dict(state["unet_modules"])
+    opt = torch.optim.AdamW(modules.parameters(), lr=args.unet_lr, weight_decay=0.01)
+    ema = EMAModel(modules.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
+    if "unet_opt" in state:
+        opt.load_state_dict(state["unet_opt"])
+        ema.load_state_dict(state["ema"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    start = state.get("unet_step", 0)
+    for _ in range(start):
+        sched.step()
+    means, stds, captions = encode_scenes(pipe, args)
+    modules.train()
+    bar = tqdm(range(start, args.unet_steps), desc="unet", mininterval=10)
+    for step in bar:
+        gen = _generator(args.seed, 2, step)
+        idx = [(step * args.batch + i) % args.scenes for i in range(args.batch)]
+        latents = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
+        loss = unet_step(pipe, latents, [captions[i] for i in idx], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.step(modules.parameters())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.unet_steps:
+            state.update(unet_step=step + 1, unet_modules=modules.state_dict())
+            state.update(unet_opt=opt.state_dict(), ema=ema.state_dict())
+            _save_state(state, args.state)
+            ema.store(modules.parameters())
+            ema.copy_to(modules.parameters())
+            save_pipeline(pipe, args.out, step + 1)
+            ema.restore(modules.parameters())
+
+
+def save_pipeline(pipe, out: Path, step: int) -> None:
+    """Save the pipeline (UNet in float16, the rest float32) with ``save_pretrained`` into ``out``."""
+    pipe.unet.to(torch.float16)
+    try:
+        with quiet_progress_bars():
+            pipe.save_pretrained(out, safe_serialization=True)
+    finally:
+        pipe.unet.to(torch.float32)
+    (out / "training.json").write_text(json.dumps({"unet_step": step}) + "\n")
+
+
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m distri.models.train_shapes", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="pipeline folder (save_pretrained)")
+    p.add_argument("--state", type=Path, default=Path(".train_shapes/state.pt"), help="resume state file")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (latent: size / 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see the module doc)")
+    p.add_argument("--vae-steps", type=int, default=500)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--unet-steps", type=int, default=3500)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--scenes", type=int, default=16384, help="training scenes encoded for the UNet phase")
+    p.add_argument("--save-every", type=int, default=250)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.size % 32:
+        raise SystemExit(f"--size must be a multiple of 32 (latent side divisible by 4), got {args.size}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    state: dict[str, Any] = torch.load(args.state) if args.state.is_file() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = build_pipeline(args.size, Path(tmp))
+    if "vae" in state:
+        pipe.vae.load_state_dict(state["vae"])
+    t0 = time.perf_counter()
+    train_vae(pipe, args, state)
+    train_unet(pipe, args, state)
+    print(f"done in {time.perf_counter() - t0:.0f} s; pipeline saved in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""A few steps of the shapes model's training loops (the real training takes about an hour and is not run here).
+
+On one fixed batch (fixed noise, timesteps and caption dropout: the same generator seed every step) the loss of
+each phase must be finite and fall. Measured (64 px, batch 4, Adam lr 1e-3, 8 steps): the VAE loss fell from
+0.58 to 0.28 and the UNet loss from 1.17 to 0.32; the test asks for a fall of at least 10%.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distri.models import train_shapes as ts
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return ts.build_pipeline(SIZE, tmp_path_factory.mktemp("tok"))
+
+
+def _losses(step_fn, params, n=8):
+    opt = torch.optim.Adam(params, lr=1e-3)
+    losses = []
+    for _ in range(n):
+        loss = step_fn(torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_vae_phase_loss_is_finite_and_falls(pipe):
+    x, _ = ts.scene_batch(0, 0, 4, SIZE)
+    losses = _losses(lambda g: ts.vae_step(pipe.vae, x, g), pipe.vae.parameters())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_unet_phase_loss_is_finite_and_falls(pipe):
+    x, captions = ts.scene_batch(0, 0, 4, SIZE)
+    with torch.no_grad():
+        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    params = ts._trainable(pipe).parameters()
+    losses = _losses(lambda g: ts.unet_step(pipe, latents, captions, g), params)
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_scene_batches_are_deterministic():
+    a, ca = ts.scene_batch(3, 10, 2, SIZE)
+    b, cb = ts.scene_batch(3, 10, 2, SIZE)
+    assert torch.equal(a, b) and ca == cb and a.shape == (2, 3, SIZE, SIZE)
+    assert a.min() >= -1 and a.max() <= 1
