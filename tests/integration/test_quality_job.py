@@ -22,9 +22,11 @@ QUALITY = ("psnr_vs_orig", "lpips_vs_orig", "lpips_vs_gt", "fid_vs_orig", "fid_v
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quality")
     fast = [a for a in FAST if not a.startswith("sampler.num_inference_steps")]
+    # its own originals cache, empty at the start whatever ran before: the first job makes them, the second reuses
     args = ["-m", "strategy=naive_patch,displaced_patch", "world_size=2", "logger=none", *fast,
             "sampler.num_inference_steps=6",
-            "prompts.limit=2", "metrics.backbones=stand-in", f"hydra.sweep.dir={tmp / 'sweep'}"]  # fmt: skip
+            "prompts.limit=2", "metrics.backbones=stand-in", f"hydra.sweep.dir={tmp / 'sweep'}",
+            f"metrics.originals_dir={tmp / 'originals'}"]  # fmt: skip
     p = run(args, tmp)
     assert p.returncode == 0, p.stdout + p.stderr
     records = [json.loads(x) for x in (tmp / "sweep" / "results.jsonl").read_text().splitlines()]
