@@ -25,7 +25,7 @@ def weights_dir(model_cfg: Mapping[str, Any]) -> Path:
     if model_cfg.get("source") == "bundled":
         from distri.models.bundled import bundled_dir
 
-        return bundled_dir(model_cfg.get("id") or model_cfg["name"])
+        return bundled_dir(model_cfg)
     model_id = str(model_cfg.get("id") or "")
     path = Path(model_id).expanduser()
     if (path / "model_index.json").is_file():

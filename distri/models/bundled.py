@@ -6,14 +6,18 @@ local pipeline folder. ``shapes_sdxl`` is trained by :mod:`distri.models.train_s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUNDLED_MODELS: tuple[str, ...] = ("shapes_sdxl",)
 
 
-def bundled_dir(model_id: str) -> Path:
-    """The folder of bundled model ``model_id``; ValueError naming the valid ids if there is none."""
+def bundled_dir(model_cfg: Mapping[str, Any]) -> Path:
+    """The folder of the bundled model of ``model_cfg`` (its ``id``, else its ``name``); ValueError naming the
+    valid ids if there is none."""
+    model_id = model_cfg.get("id") or model_cfg["name"]
     if model_id not in BUNDLED_MODELS:
         raise ValueError(f"no bundled model {model_id!r}; valid: {', '.join(BUNDLED_MODELS)}")
     path = WEIGHTS_DIR / model_id

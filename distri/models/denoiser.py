@@ -52,9 +52,7 @@ def find_unet_config(model_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
         from distri.models.bundled import bundled_dir
 
         try:
-            return json.loads(
-                (bundled_dir(model_cfg.get("id") or model_cfg["name"]) / "unet" / "config.json").read_text()
-            )
+            return json.loads((bundled_dir(model_cfg) / "unet" / "config.json").read_text())
         except ValueError:  # the loader says so when it runs
             return None
     if model_cfg.get("id"):

@@ -175,7 +175,7 @@ def load_pipeline(
             pipe = pipe_cls.from_pretrained(str(path), **kwargs)
     elif source == "bundled":
         with quiet_progress_bars(), _on(device):
-            pipe = pipe_cls.from_pretrained(str(bundled_dir(_get(model_cfg, "id", name))), **kwargs)
+            pipe = pipe_cls.from_pretrained(str(bundled_dir(model_cfg)), **kwargs)
     else:
         with quiet_progress_bars(), _on(device):
             pipe = _load_real(pipe_cls, model_cfg, kwargs)
