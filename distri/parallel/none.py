@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from distri.parallel.base import StrategyHandle
-from distri.parallel.context import ParallelContext
 from distri.parallel.strategy import Fit, Strategy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from distri.parallel.base import StrategyHandle
+    from distri.parallel.context import ParallelContext
 
 
 @dataclass
@@ -19,6 +22,8 @@ class NoStrategy(Strategy):
     identity = True
 
     def apply(self, denoiser: nn.Module, ctx: ParallelContext) -> StrategyHandle:
+        from distri.parallel.base import StrategyHandle
+
         return StrategyHandle(denoiser, ctx, cfg_split=self.cfg_split)
 
     def degrees(self, fit: Fit, limit: int = 64) -> list[int]:

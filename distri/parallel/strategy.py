@@ -1,6 +1,8 @@
 """What a strategy declares, and the registry of strategies.
 
-A strategy is one module holding one dataclass, a subclass of :class:`Strategy`. The dataclass fields are the
+A strategy is one module holding one dataclass, a subclass of :class:`Strategy`. distri's own strategy modules
+import no torch (:meth:`Strategy.apply` imports the strategy's handle, what it does to the denoiser, when called),
+so validation and the cost model read strategies without loading torch or diffusers. The dataclass fields are the
 strategy's parameters (types, choices as ``Literal``, defaults, a docstring under each): the single source of
 Hydra's schema for its config group (:func:`register_schemas`), of the defaults its YAML composes to, and of what
 ``apply`` receives. Its methods say everything the rest of distri asks about a strategy:

@@ -20,8 +20,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from distri.predict.costs import StepCosts
-from distri.predict.model import predict_costs
+from distri.predict.model import StepCosts, predict_costs
 from distri.predict.profiles import DeviceProfile, LinkProfile
 
 PAPER_ONE_GPU = {1024: 5.02, 2048: 23.7, 3840: 140.0}

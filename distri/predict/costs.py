@@ -31,12 +31,11 @@ encoders (traced the same way on the meta device) and the scheduler's update.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
+from distri.predict.model import CLASSES, StepCosts
+
 aten = torch.ops.aten
-CLASSES = ("conv", "linear", "attention", "other")
 _CLASS = {
     aten.convolution: "conv",
     aten.mm: "linear",
@@ -191,40 +191,6 @@ def layer_table(ops: list[OpRecord]) -> dict[str, dict[str, int]]:
         row["bytes"] += o.bytes
         row["kernels"] += 1
     return dict(table)
-
-
-@dataclass
-class StepCosts:
-    """One device's costs of one UNet call, and of the parts of the pipeline that do not split.
-
-    ``ops``: histogram of a steady step's operators (:func:`histogram`); ``warmup_comm`` / ``steady_comm``: the
-    collectives of one warm-up (synchronous) step and of one steady step (ledger records, per step);
-    ``non_split``: histograms of the pipeline
-    parts every rank runs whole, per call (``vae_decode``, ``text_encoders``) and per step (``scheduler``).
-    """
-
-    setting: dict[str, Any]
-    ops: list[list[Any]]
-    steady_comm: list[dict[str, Any]]
-    warmup_comm: list[dict[str, Any]] = field(default_factory=list)
-    non_split: dict[str, list[list[Any]]] = field(default_factory=dict)
-    layers: dict[str, dict[str, int]] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StepCosts:
-        return cls(**d)
-
-    def totals(self) -> dict[str, int]:
-        """A steady step's MACs per class, bytes and kernels."""
-        out = {**dict.fromkeys(CLASSES, 0), "bytes": 0, "kernels": 0}
-        for c, macs, b, _, _, _, count in self.ops:
-            out[c] += macs * count
-            out["bytes"] += b * count
-            out["kernels"] += count
-        return out
 
 
 # -- the parts that do not split -----------------------------------------------------------------------------

@@ -42,8 +42,45 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from distri.predict.costs import StepCosts
 from distri.predict.profiles import DeviceProfile, LinkProfile
+
+CLASSES = ("conv", "linear", "attention", "other")
+"""Operator classes of the costs (:mod:`distri.predict.costs` says which operators fall in each)."""
+
+
+@dataclass
+class StepCosts:
+    """One device's costs of one UNet call, and of the parts of the pipeline that do not split.
+
+    ``ops``: histogram of a steady step's operators (:func:`distri.predict.costs.histogram`); ``warmup_comm`` / ``steady_comm``: the
+    collectives of one warm-up (synchronous) step and of one steady step (ledger records, per step);
+    ``non_split``: histograms of the pipeline
+    parts every rank runs whole, per call (``vae_decode``, ``text_encoders``) and per step (``scheduler``).
+    """
+
+    setting: dict[str, Any]
+    ops: list[list[Any]]
+    steady_comm: list[dict[str, Any]]
+    warmup_comm: list[dict[str, Any]] = field(default_factory=list)
+    non_split: dict[str, list[list[Any]]] = field(default_factory=dict)
+    layers: dict[str, dict[str, int]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepCosts:
+        return cls(**d)
+
+    def totals(self) -> dict[str, int]:
+        """A steady step's MACs per class, bytes and kernels."""
+        out = {**dict.fromkeys(CLASSES, 0), "bytes": 0, "kernels": 0}
+        for c, macs, b, _, _, _, count in self.ops:
+            out[c] += macs * count
+            out["bytes"] += b * count
+            out["kernels"] += count
+        return out
+
 
 _HOPS = {"all_gather": 1, "all_reduce": 2}
 

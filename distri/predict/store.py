@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distri.predict.costs import StepCosts, step_costs
+from distri.predict.model import StepCosts
 
 COSTS_VERSION = 2
 PACKAGED = Path(__file__).resolve().parent / "data" / "costs.json.gz"
@@ -83,6 +83,8 @@ def costs(setting: dict[str, Any], use_cache: bool = True) -> StepCosts:
     found = lookup(setting) if use_cache else None
     if found is not None:
         return found
+    from distri.predict.costs import step_costs  # torch: only when a dry run is needed
+
     s = setting
     c = step_costs(s["model"], s["height"], s["width"], s["world_size"], s["strategy"],
                    cfg_split=s["cfg_split"], dtype=s["dtype"], batch=s["batch"], **s["params"])  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from distri.launch import WorkerPool
-from distri.parallel import tensor
+from distri.parallel import tensor, tensor_handle, tensor_plan
 from distri.parallel.context import ParallelContext
 from tests.parallel import tp_tasks as testing_tp
 from tests.parallel.tp_tasks import CONFIGS, LATENT, SD15_SHAPED, SDXL_SHAPED, build_unet, make_inputs
@@ -193,7 +193,7 @@ def test_tensor_uneven_heads_match_single_device(pool):
 
 @pytest.mark.parametrize("units, n", [(10, 8), (20, 8), (6, 4), (5, 4), (32, 8), (7, 7), (3, 1), (45, 6)])
 def test_shard_range(units, n):
-    blocks = [tensor.shard_range(units, n, r) for r in range(n)]
+    blocks = [tensor_plan.shard_range(units, n, r) for r in range(n)]
     sizes = [b - a for a, b in blocks]
     assert blocks[0][0] == 0 and blocks[-1][1] == units
     assert all(blocks[r][1] == blocks[r + 1][0] for r in range(n - 1))  # contiguous, in rank order
@@ -260,19 +260,19 @@ def test_invalid_world_size_raises_before_touching_the_unet():
 
 
 def test_valid_world_sizes():
-    assert tensor.valid_world_sizes(SDXL_SHAPED) == [
+    assert tensor_plan.valid_world_sizes(SDXL_SHAPED) == [
         1,
         2,
         3,
         4,
     ]  # level-0 "2 heads" has no attention: ignored
-    assert tensor.valid_world_sizes(build_unet("sd15")) == [1, 2, 3, 4]
-    assert tensor.valid_world_sizes(UNEVEN) == [1, 2, 3, 4, 5]
+    assert tensor_plan.valid_world_sizes(build_unet("sd15")) == [1, 2, 3, 4]
+    assert tensor_plan.valid_world_sizes(UNEVEN) == [1, 2, 3, 4, 5]
     for name, expected in (("sdxl_unet.json", 10), ("sd15_unet.json", 8)):
         path = CONFIG_DIR / name
         if path.exists():  # real SDXL: 10 and 20 heads, 32 groups -> 1..10; SD 1.5: 8 heads -> 1..8
-            assert tensor.valid_world_sizes(json.loads(path.read_text())) == list(range(1, expected + 1))
-    assert tensor.valid_world_sizes(SDXL_SHAPED, max_size=3) == [1, 2, 3]
+            assert tensor_plan.valid_world_sizes(json.loads(path.read_text())) == list(range(1, expected + 1))
+    assert tensor_plan.valid_world_sizes(SDXL_SHAPED, max_size=3) == [1, 2, 3]
 
 
 def test_free_full(pool):
@@ -302,7 +302,7 @@ def test_full_layers_wait_on_the_host_and_come_back_exactly():
         handle = tensor.apply(unet, ParallelContext(rank=0, world_size=2))
         in_tree = {id(p) for p in unet.parameters()}
         assert not in_tree & params.keys()  # the full layers are off the UNet...
-        assert all(p.device == tensor.HOST for p in params.values())  # ...and in host memory
+        assert all(p.device == tensor_handle.HOST for p in params.values())  # ...and in host memory
         rep = handle.param_report()
         assert rep["full_layers"] == "host" and rep["full_layers_host_bytes"] == rep["sharded_full_bytes"] > 0
         handle.remove()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -140,6 +142,19 @@ def test_cli_strategy_parameters_do_not_reach_the_baseline(capsys):
     assert [r["setting"]["strategy"] for r in rows[1]] == ["none", "displaced_patch"]
     assert rows[1][0]["total_s"] == rows[2][0]["total_s"]
     assert rows[1][1]["exposed_comm_s"] < rows[2][1]["exposed_comm_s"]
+
+
+def test_cli_loads_neither_torch_nor_diffusers():
+    """The command answers in a second: with packaged costs it reads the strategies' declarations and the
+    profiles only. Checked in a fresh interpreter, by what it imported (not by a timing)."""
+    code = (
+        "import sys; from distri.predict.cli import main; "
+        "rc = main(['model=sdxl', 'height=2048', 'world_size=1,2,4,8', 'device=h100', 'link=pcie5']); "
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules); "
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "fastest:" in out and "HEAVY []" in out, out
 
 
 def test_cli_bad_input(capsys):
