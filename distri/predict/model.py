@@ -24,7 +24,9 @@ where ``bytes`` is what one rank sends by the ring algorithm (the ledger's paper
 
 where ``A`` is the sum of the asynchronous collectives, which the strategy issued during step ``t`` and waits
 for at step ``t + 1``: one communication stream works through them in order while step ``t + 1`` computes,
-so only what outlasts a step's compute is exposed. Which collectives are blocking is what the strategy itself
+so only what outlasts a step's compute is exposed. On a device whose profile says it cannot overlap
+(``comm_overlap=False``: a CPU rank with one core, where gloo's threads take the core the compute needs)
+``E = sum of all collectives``. Which collectives are blocking is what the strategy itself
 issued (the ledger's ``blocking`` flag), so the model needs no per-strategy rule: ``full_sync`` and ``tensor``
 block on all, displaced patch's asynchronous modes on the output gather only after the warm-up (every
 collective of a warm-up step blocks), ``no_sync`` and naive patch send only the output gather, a CFG split adds
@@ -122,8 +124,13 @@ def comm_time(records: list[dict[str, Any]], link: LinkProfile, blocking: bool) 
     )
 
 
-def exposed(records: list[dict[str, Any]], link: LinkProfile, compute_s: float) -> float:
-    return comm_time(records, link, True) + max(0.0, comm_time(records, link, False) - compute_s)
+def exposed(
+    records: list[dict[str, Any]], link: LinkProfile, compute_s: float, overlap: bool = True
+) -> float:
+    """Communication of one step not hidden behind its ``compute_s``: the blocking collectives, and the
+    asynchronous ones beyond the compute (all of them on a device that cannot overlap, ``overlap=False``)."""
+    hidden = compute_s if overlap else 0.0
+    return comm_time(records, link, True) + max(0.0, comm_time(records, link, False) - hidden)
 
 
 @dataclass
@@ -147,8 +154,8 @@ def predict_costs(
 ) -> Prediction:
     """The latency of a call of ``steps`` UNet steps, ``warmup_steps`` of them synchronous."""
     compute = ops_time(costs.ops, device)
-    e_steady = exposed(costs.steady_comm, link, compute)
-    e_warm = exposed(costs.warmup_comm, link, compute) if costs.warmup_comm else e_steady
+    e_steady = exposed(costs.steady_comm, link, compute, device.comm_overlap)
+    e_warm = exposed(costs.warmup_comm, link, compute, device.comm_overlap) if costs.warmup_comm else e_steady
     ns = costs.non_split
     per_call = ops_time(ns["vae_decode"], device) + ops_time(ns["text_encoders"], device)
     scheduler = ops_time(ns["scheduler"], device)

@@ -47,6 +47,8 @@ class DeviceProfile:
     sms: int = 1  # streaming multiprocessors (cores): tiles in flight at once
     tile: int = 1  # output tile side of a matmul / query block of attention
     dtype: str = "float16"  # what a run on it uses by default (distri.devices: float16 on CUDA)
+    comm_overlap: bool = True  # asynchronous collectives run beside compute (GPU: NCCL's own SMs and copy
+    # engines); False: they take the compute's own resource (a CPU rank of one core: gloo's threads)
     calibration: str = ""
     sources: tuple[str, ...] = field(default=())
 
@@ -92,16 +94,18 @@ DEVICES: dict[str, DeviceProfile] = {
     "h100": _from_a100("h100", "NVIDIA H100 SXM5 80GB", 3350.0, "NVIDIA H100 Tensor Core GPU datasheet, 2023"),
     "h200": _from_a100("h200", "NVIDIA H200 SXM 141GB", 4800.0, "NVIDIA H200 Tensor Core GPU datasheet, 2024"),
     # One core of this project's VM (Intel Xeon with AVX-512, 1 thread per rank as in the CPU benchmark).
-    # Peak: 0.1 TFLOP/s float32 (2 x 512-bit FMA units x 16 lanes x 2 FLOPs at a nominal ~1.6 GHz); memory: 10
-    # GB/s for one thread. Calibrated per class on the README's operator profile of one single-device call
+    # Peak: 0.2 TFLOP/s float32 (2 x 512-bit FMA units x 16 lanes x 2 FLOPs at a nominal 3 GHz: the VM does
+    # not report its clock, and 1.6 GHz, used before, was exceeded by the measured runs); memory: 10
+    # GB/s for one thread. No overlap of communication: gloo's threads share the rank's one core. Calibrated per class on the README's operator profile of one single-device call
     # (small_sdxl, 512 px, 6 steps, experiments/cpu_speedup/profile_ops.py): conv 2.614 s, linear 1.738 s,
     # attention 0.837 s, everything else 0.964 s, against the dry run's MACs and bytes of that call;
     # experiments/cpu_speedup/predict_check.py re-calibrates it in each run.
     "cpu": DeviceProfile(
         "cpu", "one CPU core (this project's VM, 1 thread)",
-        {"float32": {"conv": 0.1, "linear": 0.1, "attention": 0.1},
-         "bfloat16": {"conv": 0.1, "linear": 0.1, "attention": 0.1}}, 10.0,
-        matmul_efficiency=0.755, attention_efficiency=0.564, kernel_overhead_us=48.4, dtype="float32",
+        {"float32": {"conv": 0.2, "linear": 0.2, "attention": 0.2},
+         "bfloat16": {"conv": 0.2, "linear": 0.2, "attention": 0.2}}, 10.0,
+        matmul_efficiency=0.3775, attention_efficiency=0.282, kernel_overhead_us=48.4, dtype="float32",
+        comm_overlap=False,
         calibration="per class from the README's single-device operator profile (small_sdxl, 512 px)",
     ),
 }  # fmt: skip

@@ -110,6 +110,29 @@ def test_exposed_async_and_totals():
     assert p.exposed_comm_s == pytest.approx(5 * ps["warmup_exposed_comm_s"] + 45 * ps["exposed_comm_s"])
 
 
+def test_device_without_overlap_exposes_every_collective():
+    """On a device that cannot overlap (the ``cpu`` profile: gloo shares the rank's one core) a step's exposed
+    communication is every collective's time, written here from the alpha-beta formula."""
+    from dataclasses import replace
+
+    from distri.predict.model import exposed
+
+    link = LinkProfile("t", "test", 2.0, 100.0)
+    recs = [
+        {"op": "all_gather", "n": 8, "bytes": 7e8, "calls": 3, "blocking": True},
+        {"op": "all_gather", "n": 8, "bytes": 1e8, "calls": 1, "blocking": False},
+    ]
+    blocking, asynchronous = 3 * 7 * 2e-6 + 7e8 / 100e9, 7 * 2e-6 + 1e8 / 100e9
+    assert exposed(recs, link, 1.0) == pytest.approx(blocking)  # the async part hides behind 1 s of compute
+    assert exposed(recs, link, 1.0, overlap=False) == pytest.approx(blocking + asynchronous)
+    gpu = predict("sdxl", 1024, 1024, 8, "displaced_patch", "a100", link)
+    cpu_like = predict(
+        "sdxl", 1024, 1024, 8, "displaced_patch", replace(DEVICES["a100"], comm_overlap=False), link
+    )
+    assert cpu_like.exposed_comm_s > gpu.exposed_comm_s and cpu_like.compute_s == gpu.compute_s
+    assert not DEVICES["cpu"].comm_overlap and DEVICES["a100"].comm_overlap
+
+
 def test_pcie_makes_displaced_patch_pay_less():
     nv = predict("sdxl", 2048, 2048, 8, "displaced_patch", "h100", "nvlink4")
     pcie = predict("sdxl", 2048, 2048, 8, "displaced_patch", "h100", "pcie")
