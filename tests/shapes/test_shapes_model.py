@@ -62,11 +62,11 @@ def _scores(images, name: str) -> dict:
     return shape_scores(images[f"{name}_paths"], CAPTIONS, images["ref_paths"])
 
 
-# Measured with the shipped weights (UNet step 3500): 0.556 of the captions' attributes (backgrounds all right;
-# objects, sizes and relations often not). The issue's bar is 0.8; strict, so a retrained model that reaches it
+# Measured with the shipped weights (UNet step 4500, decoder step 1000): 0.580 of the captions' attributes
+# (backgrounds all right; objects often, sizes and relations seldom). The issue's bar is 0.8; strict, so a retrained model that reaches it
 # turns this into a failure that asks for the marker to go.
 @pytest.mark.xfail(
-    strict=True, reason="shipped shapes model undertrained: 0.556 measured (README 'The shapes model')"
+    strict=True, reason="shipped shapes model undertrained: 0.580 measured (README 'The shapes model')"
 )
 def test_single_device_images_show_their_captions(images):
     acc = shape_scores(images["ref_paths"], CAPTIONS)["shape_accuracy"]
@@ -74,8 +74,8 @@ def test_single_device_images_show_their_captions(images):
     assert acc >= 0.8
 
 
-# Measured (12 captions): LPIPS (stand-in) vs the single device, displaced 0.0036 / naive 0.082; shape agreement
-# with the single device, displaced 0.963 / naive 0.691. Bounds: naive's LPIPS at least 0.04 above displaced's
+# Measured (12 captions): LPIPS (stand-in) vs the single device, displaced 0.0011 / naive 0.090; shape agreement
+# with the single device, displaced 0.914 / naive 0.667. Bounds: naive's LPIPS at least 0.04 above displaced's
 # and 5 times it; displaced's agreement at least 0.15 above naive's.
 def test_displaced_beats_naive_at_4_ranks(images):
     lp = {k: _lpips(images[k], images["ref"]) for k in ("displaced", "naive")}
@@ -86,8 +86,8 @@ def test_displaced_beats_naive_at_4_ranks(images):
 
 
 # Measured (12 captions; corrected_async_gn with 4 warm-up steps vs the other setting): max abs difference over
-# the images / LPIPS (stand-in) between the two settings: stale_gn 0.356 / 0.0039, separate_gn 0.894 / 0.0161,
-# warmup_steps=0 0.932 / 0.0110. Bounds: 0.1 and 0.002.
+# the images / LPIPS (stand-in) between the two settings: stale_gn 0.467 / 0.0021, separate_gn 0.997 / 0.0221,
+# warmup_steps=0 1.000 / 0.0134. Bounds: 0.1 and half the smallest LPIPS measured, 0.001.
 @pytest.mark.parametrize(
     "a, b", [("displaced", "stale_gn"), ("displaced", "separate_gn"), ("displaced", "no_warmup")]
 )
@@ -95,4 +95,4 @@ def test_group_norm_and_warm_up_settings_change_the_images(images, a, b):
     diff = max((x - y).abs().max().item() for x, y in zip(images[a], images[b]))
     lp = _lpips(images[a], images[b])
     print(f"{a} vs {b}: max abs diff {diff:.3f}, lpips {lp:.4f}")
-    assert diff > 0.1 and lp > 0.002
+    assert diff > 0.1 and lp > 0.001
