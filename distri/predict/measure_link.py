@@ -1,11 +1,12 @@
 """Measure the ``gloo`` link profile: all-gathers of several sizes between processes on this machine.
 
-    python -m distri.predict.measure_link                # 2 ranks, 16 KiB .. 16 MiB, 20 repeats each
+    python -m distri.predict.measure_link                # 2 ranks, 1 KiB .. 16 MiB, 20 repeats each
     python -m distri.predict.measure_link world_size=2 repeats=50
 
 Each rank is one process with one thread, on gloo over loopback; every size is all-gathered ``repeats`` times
 after a barrier and a warm-up, and rank 0's median per call is kept. A least-squares line through
-``time = (n - 1) alpha + bytes / bandwidth`` (``bytes``: the ledger's ring bytes, ``(n - 1) x`` the local part)
+``time = (n - 1) alpha + bytes / bandwidth`` (``bytes``: the ledger's ring bytes, ``(n - 1) x`` the local part),
+fitted on relative errors so that the small messages, which set ``alpha``, count as much as the large ones,
 gives the profile, printed as a :class:`distri.predict.profiles.LinkProfile` line to put in ``LINKS``.
 Measure on a quiet machine: other processes on the cores inflate both terms.
 """
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 
-SIZES = [2**k for k in range(14, 25, 2)]  # bytes of the local part: 16 KiB .. 16 MiB
+SIZES = [2**k for k in range(10, 25, 2)]  # bytes of the local part: 1 KiB (GroupNorm statistics) .. 16 MiB
 
 
 def _rank(rank: int, world_size: int, repeats: int, port: int, out: str) -> None:
@@ -58,7 +59,7 @@ def measure(world_size: int = 2, repeats: int = 20) -> tuple[float, float, list[
         rows = [(int(s), float(t)) for s, t in (line.split() for line in open(out))]
     ring = np.array([s * (world_size - 1) for s, _ in rows], dtype=float)
     secs = np.array([t for _, t in rows])
-    slope, intercept = np.polyfit(ring, secs, 1)
+    slope, intercept = np.polyfit(ring, secs, 1, w=1.0 / secs)  # residuals relative to each time
     return max(intercept, 0.0) / (world_size - 1) * 1e6, 1.0 / slope / 1e9, rows
 
 
