@@ -139,25 +139,38 @@ def encode_scenes(pipe, args) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return torch.cat(means), torch.cat(stds), captions
 
 
+def _optimise(desc: str, opt, start: int, steps: int, save_every: int, loss_at, checkpoint) -> None:
+    """Steps ``start .. steps - 1`` of a plain phase (the VAE's, the decoder's): ``loss_at(step)``, one
+    optimiser step, a tqdm bar; ``checkpoint(steps done)`` every ``save_every`` steps and at the end."""
+    bar = tqdm(range(start, steps), desc=desc, mininterval=10)
+    for step in bar:
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            checkpoint(step + 1)
+
+
 def train_vae(pipe, args, state: dict[str, Any]) -> None:
     vae = pipe.vae
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     if "vae_opt" in state:
         opt.load_state_dict(state["vae_opt"])
     vae.train()
-    bar = tqdm(range(state.get("vae_step", 0), args.vae_steps), desc="vae", mininterval=10)
-    for step in bar:
+
+    def loss_at(step: int) -> torch.Tensor:
         x, _ = scene_batch(args.seed, step * args.vae_batch, args.vae_batch, args.size)
         gen = _generator(args.seed, 1, step)
         top, left = (8 * int(v) for v in torch.randint(0, (args.size - CROP) // 8 + 1, (2,), generator=gen))
-        loss = vae_step(vae, x[:, :, top : top + CROP, left : left + CROP], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.vae_steps:
-            state.update(vae_step=step + 1, vae_opt=opt.state_dict(), vae=vae.state_dict())
-            _save_state(state, args.state)
+        return vae_step(vae, x[:, :, top : top + CROP, left : left + CROP], gen)
+
+    def checkpoint(done: int) -> None:
+        state.update(vae_step=done, vae_opt=opt.state_dict(), vae=vae.state_dict())
+        _save_state(state, args.state)
+
+    _optimise("vae", opt, state.get("vae_step", 0), args.vae_steps, args.save_every, loss_at, checkpoint)
     vae.eval().requires_grad_(False)
     if "scaling_factor" not in state:
         with torch.no_grad():  # held batch: scenes of another stream
@@ -187,17 +200,17 @@ def train_decoder(pipe, args, state: dict[str, Any]) -> None:
         opt.load_state_dict(state["decoder_opt"])
     vae.decoder.train().requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
-    bar = tqdm(range(state.get("decoder_step", 0), args.decoder_steps), desc="decoder", mininterval=10)
-    for step in bar:
+
+    def loss_at(step: int) -> torch.Tensor:
         x, _ = scene_batch(args.seed + 2, step * args.decoder_batch, args.decoder_batch, args.size)
-        loss = decoder_step(vae, x, _generator(args.seed, 3, step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.decoder_steps:
-            state.update(decoder_step=step + 1, decoder_opt=opt.state_dict(), decoder=vae.state_dict())
-            _save_state(state, args.state)
+        return decoder_step(vae, x, _generator(args.seed, 3, step))
+
+    def checkpoint(done: int) -> None:
+        state.update(decoder_step=done, decoder_opt=opt.state_dict(), decoder=vae.state_dict())
+        _save_state(state, args.state)
+
+    start = state.get("decoder_step", 0)
+    _optimise("decoder", opt, start, args.decoder_steps, args.save_every, loss_at, checkpoint)
     vae.eval().requires_grad_(False)
 
 

@@ -16,7 +16,7 @@ from distri.parallel.tensor_plan import GATED, Layer, find_layers, misfit, shard
 HOST = torch.device("cpu")  # where the full layers wait for remove()
 
 
-# -- the strategy -------------------------------------------------------------------------------------
+# -- building the shards -------------------------------------------------------------------------------
 def _param_bytes(m: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in m.parameters())
 

@@ -54,10 +54,10 @@ CLASSES = ("conv", "linear", "attention", "other")
 class StepCosts:
     """One device's costs of one UNet call, and of the parts of the pipeline that do not split.
 
-    ``ops``: histogram of a steady step's operators (:func:`distri.predict.costs.histogram`); ``warmup_comm`` / ``steady_comm``: the
-    collectives of one warm-up (synchronous) step and of one steady step (ledger records, per step);
-    ``non_split``: histograms of the pipeline
-    parts every rank runs whole, per call (``vae_decode``, ``text_encoders``) and per step (``scheduler``).
+    ``ops``: histogram of a steady step's operators (:func:`distri.predict.costs.histogram`);
+    ``warmup_comm`` / ``steady_comm``: the collectives of one warm-up (synchronous) step and of one steady step
+    (ledger records, per step); ``non_split``: histograms of the pipeline parts every rank runs whole, per call
+    (``vae_decode``, ``text_encoders``) and per step (``scheduler``).
     """
 
     setting: dict[str, Any]
