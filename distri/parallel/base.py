@@ -40,8 +40,6 @@ class StrategyHandle:
     ``adapter`` describes the denoiser (default: the one registered for its class, :func:`adapter_for`).
     """
 
-    exact = True
-
     def __init__(
         self,
         unet: nn.Module,

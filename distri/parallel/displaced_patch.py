@@ -77,6 +77,9 @@ class DisplacedPatch(PatchStrategy):
             f"use at most {fit.steps} (warmup_steps >= steps runs every step synchronously)"
         ]
 
+    def exact(self) -> bool:
+        return self.mode == "full_sync"
+
     def sync_steps(self, steps: int) -> int:
         return steps if self.mode == "full_sync" else min(steps, self.warmup_steps + 1)
 

@@ -28,7 +28,6 @@ class DisplacedPatchHandle(StrategyHandle):
     def __init__(self, unet: nn.Module, ctx: ParallelContext, params: DisplacedPatch) -> None:
         super().__init__(unet, ctx, cfg_split=params.cfg_split)
         self.mode = params.mode
-        self.exact = params.mode == "full_sync"
         self.warmup_steps = params.warmup_steps
         self.downsamples = self.adapter.downsamples
         self.state = PatchState(ctx, params.mode, int(params.bucket_mb * 2**20))

@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 
 
 class NaivePatchHandle(StrategyHandle):
-    exact = False
-
     def __init__(
         self, unet: nn.Module, ctx: ParallelContext, split_scheme: SplitScheme, cfg_split: bool
     ) -> None:

@@ -21,6 +21,9 @@ class NoStrategy(Strategy):
     name = "none"
     identity = True
 
+    def exact(self) -> bool:
+        return True
+
     def apply(self, denoiser: nn.Module, ctx: ParallelContext) -> StrategyHandle:
         from distri.parallel.base import StrategyHandle
 

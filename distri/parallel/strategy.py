@@ -111,6 +111,10 @@ class Strategy:
         """UNet calls the dry run simulates by default: enough to reach the steady state."""
         return 2
 
+    def exact(self) -> bool:
+        """Whether the ranks together compute the single device's images (up to floating-point rounding)."""
+        return False
+
     def label(self) -> str:
         """The strategy in a table: its name and the values of its choice parameters."""
         choices = [str(getattr(self, f)) for f in choice_fields(type(self))]

@@ -46,8 +46,6 @@ def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
 class TensorParallelHandle(StrategyHandle):
     """Handle of strategy ``tensor`` (see the module docstring); ``skipped`` lists layers left replicated."""
 
-    exact = True
-
     def __init__(
         self, unet: nn.Module, ctx: ParallelContext, cfg_split: bool = False, free_full: bool = False
     ) -> None:

@@ -63,6 +63,7 @@ def predict(
         found = costs(setting)
     p = predict_costs(found, steps, spec.sync_steps(steps) or 0, dev, lk)
     p.setting["label"] = spec.label()
+    p.setting["exact"] = spec.exact()
     return p
 
 

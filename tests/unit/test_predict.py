@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
+from distri.parallel.strategy import strategy_from_config
 from distri.predict import predict
+from distri.predict.api import parse_strategy
 from distri.predict.cli import main
 from distri.predict.model import comm_time, op_time
 from distri.predict.profiles import DEVICES, LINKS, DeviceProfile, LinkProfile
@@ -146,9 +148,13 @@ def test_cli_table_and_json(capsys):
     text = capsys.readouterr().out
     assert "displaced_patch/full_sync" in text and "tensor" in text
     assert "fastest: 1 device(s): none" in text and "8 device(s): naive_patch/alternate" in text
+    exact = next(line for line in text.splitlines() if line.startswith("fastest exact"))
+    # at 2048 px over NVLink, Sync. PP is predicted faster than Sync. TP (the paper's Table 2 has it so)
+    assert "8 device(s): displaced_patch/full_sync" in exact and "naive" not in exact
     assert main(["height=2048", "world_size=8", "strategy=tensor", "link=pcie", "json=true"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["setting"]["strategy"] for r in rows] == ["tensor"]  # world size 1 not asked: no baseline row
+    assert rows[0]["setting"]["exact"] is True
     assert math.isclose(
         rows[0]["total_s"], rows[0]["compute_s"] + rows[0]["exposed_comm_s"] + rows[0]["non_split_s"]
     )
@@ -199,3 +205,19 @@ def test_prediction_in_analysis_frame():
 def test_profiles_cite_sources():
     assert all(d.calibration for d in DEVICES.values())
     assert all(link.sources for link in LINKS.values())
+
+
+@pytest.mark.parametrize(
+    "spec, exact",
+    [
+        ("none", True),
+        ("tensor", True),  # tests/parallel/test_tensor.py: equal to one device at float tolerance
+        ("displaced_patch/full_sync", True),  # tests/parallel/test_patch_unet.py::test_full_sync_exact
+        ("displaced_patch", False),
+        ("displaced_patch/no_sync", False),
+        ("naive_patch", False),
+    ],
+)
+def test_exact_is_declared_by_the_strategies_tests_check_as_exact(spec, exact):
+    name, params = parse_strategy(spec)
+    assert strategy_from_config({"name": name, **params}).exact() is exact
