@@ -13,7 +13,7 @@ the folder's ``results.jsonl`` is skipped (no line added; ``force=true`` runs it
 with the same ``hydra.sweep.dir`` resumes an interrupted sweep. SIGINT (Ctrl-C) or SIGTERM records the
 running job as ``interrupted``, stops its workers and ends the command (exit code 130) before the next job.
 A job holds a lock on its folder: a second live job given the same folder is refused. At the end of a
-multirun ``hydra_plugins/distri_callbacks.py`` prints the sweep's table.
+multirun ``hydra_plugins/distri_callbacks.py`` prints the sweep's table (after an interrupted job, run.py does).
 
 Under ``torchrun`` (``torchrun --nproc_per_node=N run.py world_size=N ...``) every rank runs this script, and
 only global rank 0 writes files and logs (the other ranks send Hydra's folder to a temporary one); a failure
@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distri.config import ConfigError, Infeasible, register_configs, validate
 from distri.job.execute import interrupt_on_sigterm
-from distri.job.summary import summary
+from distri.job.summary import summary, sweep_report
 from distri.slurm import leave as leave_srun_step
 from distri.slurm import under_submitit
 from distri.torchrun import defer_sigterm, torchrun_rank
@@ -161,6 +161,8 @@ def _run_job(d: dict[str, Any], job_dir: str, root: str, name: str) -> None:
     print(f"result: {Path(job_dir) / 'result.json'} (and a line in {Path(root) / 'results.jsonl'})")
     if rec["status"] == "interrupted":
         print(f"interrupted: {rec['error']}; the job is recorded as interrupted", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # Hydra's on_multirun_end will not run
+            print(sweep_report(root))
         raise SystemExit(130)
     if rec["status"] != "ok":
         _failed(name)

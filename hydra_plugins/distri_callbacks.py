@@ -1,15 +1,16 @@
 """Hydra callbacks of a distri sweep (configured in conf/config.yaml, ``hydra.callbacks.distri_sweep``).
 
 Like run.py this file sees Hydra (the library, distri/, does not). :class:`SweepProgress` prints a
-``job k/N`` line as each job of a multirun starts and, when the multirun ends, the sweep's table: the pure
-function :func:`distri.job.summary.sweep_table` over the sweep folder's ``results.jsonl`` (every job recorded
-there, also those of earlier runs of a resumed sweep). Under ``torchrun`` or ``srun`` only global rank 0 prints.
+``job k/N`` line as each job of a multirun starts and, when the multirun ends, the sweep's table
+(:func:`distri.job.summary.sweep_report`: the pure function :func:`distri.job.summary.sweep_table` over the
+sweep folder's ``results.jsonl``, every job recorded there, also those of earlier runs of a resumed sweep).
+A multirun ended early by Ctrl-C or SIGTERM never reaches ``on_multirun_end``: run.py prints the same table
+then. Under ``torchrun`` or ``srun`` only global rank 0 prints.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -58,11 +59,8 @@ class SweepProgress(Callback):
         print(f"distri: job {hc.job.num + 1}{of}: {overrides}", file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from distri.job.results import read_results
-        from distri.job.summary import sweep_table
+        from distri.job.summary import sweep_report
 
-        results = Path(config.hydra.sweep.dir) / "results.jsonl"
-        if not _rank0() or not results.is_file():
-            return
-        print(f"\nsweep {results.parent} ({results}):")
-        print(sweep_table(read_results(results)))
+        report = sweep_report(config.hydra.sweep.dir) if _rank0() else None
+        if report:
+            print(report)

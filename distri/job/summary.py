@@ -172,6 +172,17 @@ def sweep_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sweep_report(folder: str | Path) -> str | None:
+    """:func:`sweep_table` of the sweep folder's ``results.jsonl`` under a heading naming it; None without
+    that file. Printed when a multirun ends, and when Ctrl-C or SIGTERM ends one early."""
+    from distri.job.results import read_results
+
+    results = Path(folder) / "results.jsonl"
+    if not results.is_file():
+        return None
+    return f"\nsweep {results.parent} ({results}):\n{sweep_table(read_results(results))}"
+
+
 def _job_number(record: dict[str, Any]) -> int:
     """A multirun job's number (its folder's name), so that the rows of a resumed sweep keep their order."""
     name = Path(record.get("output_dir") or "").name

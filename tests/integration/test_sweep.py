@@ -78,6 +78,8 @@ def test_ctrl_c_then_resume_then_nothing_left_to_do(tmp_path):
     assert time.monotonic() - t < 20  # workers stopped and the record written within seconds
     err = first.err.read_text()
     assert "distri: job 6/6" not in err  # the next job does not start
+    table = first.out.read_text().split(f"sweep {sweep_dir}")[1].splitlines()[1:]  # printed all the same
+    assert [row.split()[3] for row in table[1:6]] == ["ok", "ok", "skipped", "ok", "interrupted"]
     done = first.text()
     recs = _records(done)
     assert [(_cell(r), r["status"]) for r in recs] == [
