@@ -14,7 +14,10 @@ the device: the per-device work of many devices, or a layer cut thin by tensor p
 
 Per collective of a group of ``n`` ranks on a link of latency ``a`` per ring step and bandwidth ``b``::
 
-    t = s a + bytes / b,   s = n - 1 (ring all-gather), 2 (n - 1) (ring all-reduce)
+    t = s a + bytes / b (+ w if blocking),   s = n - 1 (ring all-gather), 2 (n - 1) (ring all-reduce)
+
+where ``w`` (the link's ``wake_us``) is what a rank loses at a blocking collective it reaches from compute:
+measured for gloo, where a waiting thread sleeps and wakes late; 0 for NCCL on GPUs.
 
 where ``bytes`` is what one rank sends by the ring algorithm (the ledger's paper convention: all-gather
 ``(n - 1) x`` the local part, all-reduce ``2 (n - 1) / n x`` the tensor). A step of the UNet:
@@ -116,8 +119,9 @@ def ops_time(ops: list[list[Any]], device: DeviceProfile) -> float:
 
 def comm_time(records: list[dict[str, Any]], link: LinkProfile, blocking: bool) -> float:
     """Seconds of the blocking (or the asynchronous) collectives among ledger ``records``."""
+    wake = link.wake_us if blocking else 0.0
     return sum(
-        r["calls"] * _HOPS[r["op"]] * (r["n"] - 1) * link.alpha_us * 1e-6
+        r["calls"] * (_HOPS[r["op"]] * (r["n"] - 1) * link.alpha_us + wake) * 1e-6
         + r["bytes"] / (link.bandwidth_gbs * 1e9)
         for r in records
         if r["blocking"] == blocking

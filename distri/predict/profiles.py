@@ -69,6 +69,10 @@ class LinkProfile:
     alpha_us: float  # latency of one ring step
     bandwidth_gbs: float  # per direction per device, GB/s
     sources: tuple[str, ...] = field(default=())
+    wake_us: float = 0.0
+    """Time a rank loses at each blocking collective it reaches from compute, beyond ``alpha``: a host thread
+    that went to sleep waiting for its peers is woken late (gloo; measured by :mod:`.measure_link`). 0 for the
+    GPU links: NCCL's kernels wait by polling on the device, and their launch is in the profile's overhead."""
 
 
 A100_CALIBRATION = (
@@ -128,10 +132,13 @@ LINKS: dict[str, LinkProfile] = {
     "infiniband": LinkProfile(
         "infiniband", "InfiniBand NDR 400 Gb/s between nodes", 8.0, 50.0, ("NVIDIA ConnectX-7",)
     ),
-    # gloo over loopback between 2 processes of this VM: python -m distri.predict.measure_link on the quiet
-    # machine, 2026-11-26 (1 KiB-4 MiB all-gathers: 0.14-3.9 ms; fitted on relative errors); predict_check.py
-    # measures it again in each run.
-    "gloo": LinkProfile("gloo", "gloo over loopback (this VM)", 129.9, 1.02, ("measured here",)),
+    # gloo over loopback between 2 processes of this VM, measured (python -m distri.predict.measure_link, the
+    # same as predict_check.py's first step) on the quiet machine, 2026-11-26: all-gathers of 1 KiB-16 MiB
+    # fitted on relative errors, and a rank's wake-up at a blocking all-gather reached from 5 ms of compute
+    # (2.4 ms on average; 1.5-3.0 ms over five runs); predict_check.py measures all three again in each run.
+    "gloo": LinkProfile(
+        "gloo", "gloo over loopback (this VM)", 157.7, 0.72, ("measured here",), wake_us=2383.0
+    ),
 }
 
 

@@ -5,8 +5,8 @@
 
 In one run, on 2 gloo worker processes of one thread each:
 
-1. the ``gloo`` link: all-gathers of several sizes (:func:`distri.predict.measure_link.measure`), and the
-   memory bandwidth of one thread (a large copy);
+1. the ``gloo`` link: all-gathers of several sizes and the wake-up at a blocking all-gather reached from
+   compute (:func:`distri.predict.measure_link.measure`), and the memory bandwidth of one thread (a large copy);
 2. the ``cpu`` device: single-device pipeline calls (rank 0 alone, one thread) at the calibration sizes and at
    ``--size``, median of ``--rounds``; :func:`distri.predict.calibrate.calibrate` fits the efficiencies and
    the kernel overhead on these latencies only;
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     from distri.predict.profiles import DEVICES, LinkProfile
     from distri.predict.store import costs, setting_of
 
-    alpha, bw, _ = measure(2, repeats=10 if a.quick else 30)
-    link = LinkProfile("gloo", "gloo over loopback, measured in this run", alpha, bw)
+    alpha, bw, wake, _ = measure(2, repeats=10 if a.quick else 30)
+    link = LinkProfile("gloo", "gloo over loopback, measured in this run", alpha, bw, wake_us=wake)
     base = replace(DEVICES["cpu"], memory_gbs=memory_gbs())
     sizes = sorted({*(int(s) for s in a.calibration_sizes.split(",")), a.size})
     build_tiny(a.model)
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     points = [(costs(setting_of(a.model, s, s, 1, "none", False, "float32", 2, {})), a.steps,
                statistics.median(single[s])) for s in sizes]  # fmt: skip
     dev = calibrate(base, points, f"calibrated in this run on single-device latencies at {sizes} px")
-    print(f"link gloo: alpha {alpha:.1f} us per ring step, {bw:.2f} GB/s; memory {dev.memory_gbs:.1f} GB/s")
+    print(f"link gloo: alpha {alpha:.1f} us per ring step, {bw:.2f} GB/s, wake-up {wake:.0f} us per blocking "
+          f"collective; memory {dev.memory_gbs:.1f} GB/s")  # fmt: skip
     print(f"cpu: matmul_efficiency={dev.matmul_efficiency} attention_efficiency={dev.attention_efficiency} "
           f"kernel_overhead_us={dev.kernel_overhead_us} ({dev.calibration})")  # fmt: skip
     for s in sizes:

@@ -101,6 +101,11 @@ def test_latency_formulas():
             {"op": "all_gather", "n": 8, "calls": 1, "bytes": 1e8, "blocking": False}]  # fmt: skip
     assert comm_time(recs, link, True) == pytest.approx(3 * 2 * 7 * 2e-6 + 7e8 / 100e9)
     assert comm_time(recs, link, False) == pytest.approx(7 * 2e-6 + 1e8 / 100e9)
+    # a link whose ranks wake late (gloo): each blocking call loses wake_us more, asynchronous ones nothing
+    slow = LinkProfile("l", "test", 2.0, 100.0, wake_us=500.0)
+    assert comm_time(recs, slow, True) == pytest.approx(3 * (2 * 7 * 2e-6 + 500e-6) + 7e8 / 100e9)
+    assert comm_time(recs, slow, False) == comm_time(recs, link, False)
+    assert all(lk.wake_us == 0 for name, lk in LINKS.items() if name != "gloo") and LINKS["gloo"].wake_us > 0
 
 
 def test_exposed_async_and_totals():
