@@ -4,9 +4,11 @@
 
 Three phases, on CPU (``torch.set_num_threads(--threads)``, default 1: on a 2-core machine shared with other
 work, 2 threads made a step up to 10 times slower than 1, their synchronisation waiting on descheduled threads),
-deterministic given ``--seed`` and the thread count (nothing depends on the total number of steps, so a run
-stopped after ``N`` UNet steps equals a run with ``--unet-steps N``): batch ``s`` of a phase holds scenes ``s * batch ... (s + 1) * batch - 1`` of the training stream
-and its noise comes from a generator seeded with ``(seed, phase, s)``, so a resumed run continues exactly.
+deterministic given ``--seed`` and the thread count: batch ``s`` of a phase holds scenes
+``s * batch ... (s + 1) * batch - 1`` of the training stream and its noise comes from a generator seeded with
+``(seed, phase, s)``, so a resumed run continues exactly. Only the UNet's final learning-rate decay
+(``--decay-steps``) depends on the total number of steps: before it, a run stopped after ``N`` UNet steps
+equals a run with ``--unet-steps N``.
 
 1. The VAE (``AutoencoderKL``, 4 levels, scale factor 8, no attention in its middle block) alone, on random
    64x64 crops of the scenes: mean squared reconstruction error plus a KL term of weight 1e-6 per element
@@ -23,7 +25,9 @@ and its noise comes from a generator seeded with ``(seed, phase, s)``, so a resu
    is dropped with probability 0.1: its embeddings are set to zero, which is what the SDXL pipeline uses for
    the unconditional branch of classifier-free guidance (``force_zeros_for_empty_prompt``). The latents of
    a fixed set of ``--scenes`` scenes are encoded once (posterior mean and std; a latent is sampled from it
-   per step). The weights saved are an exponential moving average (decay 0.999) of the trained ones.
+   per step). AdamW at ``--unet-lr`` (:func:`lr_factor`: linear warm-up over 200 steps; with
+   ``--decay-steps N`` a linear decay to zero over the last N steps; the shipped weights used none). The
+   weights saved are an exponential moving average (decay 0.999) of the trained ones.
 
 Every ``--save-every`` steps the pipeline is saved with ``save_pretrained`` (safetensors; the UNet in float16
 to keep the shipped weights small) into ``--out``, and the training state into ``--state`` (resumed from
@@ -214,6 +218,13 @@ def train_decoder(pipe, args, state: dict[str, Any]) -> None:
     vae.eval().requires_grad_(False)
 
 
+def lr_factor(step: int, steps: int, decay_steps: int) -> float:
+    """The UNet phase's learning rate at ``step`` as a fraction of ``--unet-lr``: a linear warm-up over the
+    first 200 steps, then constant, then a linear decay to zero over the last ``decay_steps`` of ``steps``."""
+    warm = min(1.0, (step + 1) / 200)
+    return warm * min(1.0, (steps - step) / decay_steps) if decay_steps > 0 else warm
+
+
 def train_unet(pipe, args, state: dict[str, Any]) -> None:
     from diffusers.training_utils import EMAModel
 
@@ -225,10 +236,7 @@ def train_unet(pipe, args, state: dict[str, Any]) -> None:
     if "unet_opt" in state:
         opt.load_state_dict(state["unet_opt"])
         ema.load_state_dict(state["ema"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     start = state.get("unet_step", 0)
-    for _ in range(start):
-        sched.step()
     means, stds, captions = encode_scenes(pipe, args)
     modules.train()
     bar = tqdm(range(start, args.unet_steps), desc="unet", mininterval=10)
@@ -240,8 +248,9 @@ def train_unet(pipe, args, state: dict[str, Any]) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = args.unet_lr * lr_factor(step, args.unet_steps, args.decay_steps)
         opt.step()
-        sched.step()
         ema.step(modules.parameters())
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if (step + 1) % args.save_every == 0 or step + 1 == args.unet_steps:
@@ -288,6 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder-batch", type=int, default=8)
     p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--unet-steps", type=int, default=4500)
+    p.add_argument("--decay-steps", type=int, default=0, help="UNet LR decays to 0 over the last N steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--scenes", type=int, default=16384, help="training scenes encoded for the UNet phase")
