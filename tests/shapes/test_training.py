@@ -71,3 +71,13 @@ def test_scene_batches_are_deterministic():
     b, cb = ts.scene_batch(3, 10, 2, SIZE)
     assert torch.equal(a, b) and ca == cb and a.shape == (2, 3, SIZE, SIZE)
     assert a.min() >= -1 and a.max() <= 1
+
+
+def test_lr_factor_warms_up_then_optionally_decays():
+    """Written from the schedule's definition: linear warm-up over 200 steps, then constant, then (with
+    ``decay_steps``) linear to zero over the last ``decay_steps`` steps."""
+    assert ts.lr_factor(0, 1000, 0) == pytest.approx(1 / 200)
+    assert ts.lr_factor(199, 1000, 0) == ts.lr_factor(999, 1000, 0) == 1.0
+    assert ts.lr_factor(899, 1000, 100) == 1.0  # the decay starts at step 900
+    assert ts.lr_factor(950, 1000, 100) == pytest.approx(0.5)
+    assert ts.lr_factor(999, 1000, 100) == pytest.approx(0.01)
