@@ -13,7 +13,8 @@ Then the wake-up: every rank computes for a few milliseconds (matrix products, a
 0: a layer's worth of work) and all-gathers 1 KiB, ``WAKE_REPEATS`` times in a row; the time rank 0 spends
 in that all-gather beyond the median of the back-to-back ones is what a rank loses at a blocking collective it
 reaches from compute: the other rank's skew and, above all, the wake-up of a thread that went to sleep
-waiting (on this VM often ~3-5 ms, where back-to-back collectives take ~0.3 ms). Its mean is ``wake_us``.
+waiting (on this VM single waits of ~3-5 ms are common, and their mean is 1.5-2.5 ms, where back-to-back
+collectives take ~0.3 ms). Its mean is ``wake_us``.
 The three numbers are printed as a :class:`distri.predict.profiles.LinkProfile` line to put in ``LINKS``.
 Measure on a quiet machine: other processes on the cores inflate every term.
 """
@@ -31,11 +32,11 @@ SEGMENT_S = 0.005  # compute before each all-gather of the wake-up measurement
 WAKE_REPEATS = 100  # all-gathers of the wake-up measurement (its losses are bimodal: average many)
 
 
-def _products(n: int, a, b) -> None:
+def _products(n: int, a) -> None:
     import torch
 
     for _ in range(n):
-        torch.mm(a, b)
+        torch.mm(a, a)
 
 
 def _wake_s(back_to_back_s: float) -> float:
@@ -46,16 +47,15 @@ def _wake_s(back_to_back_s: float) -> float:
 
     a = torch.randn(256, 256)
     t0 = time.perf_counter()
-    _products(20, a, a)
+    _products(20, a)
     n = torch.tensor([max(1, round(SEGMENT_S / ((time.perf_counter() - t0) / 20)))])
     dist.broadcast(n, 0)  # every rank does rank 0's amount of work
     x, y = torch.zeros(256), torch.empty(dist.get_world_size() * 256)
     waits = []
     dist.barrier()
-    for _ in range(
-        WAKE_REPEATS
-    ):  # no barrier in between: each all-gather is the ranks' only meeting, as in a step
-        _products(int(n), a, a)
+    # no barrier in between: each all-gather is the ranks' only meeting, as in a step
+    for _ in range(WAKE_REPEATS):
+        _products(int(n), a)
         t1 = time.perf_counter()
         dist.all_gather_single(y, x)
         waits.append(time.perf_counter() - t1 - back_to_back_s)

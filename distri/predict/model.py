@@ -16,11 +16,10 @@ Per collective of a group of ``n`` ranks on a link of latency ``a`` per ring ste
 
     t = s a + bytes / b (+ w if blocking),   s = n - 1 (ring all-gather), 2 (n - 1) (ring all-reduce)
 
-where ``w`` (the link's ``wake_us``) is what a rank loses at a blocking collective it reaches from compute:
-measured for gloo, where a waiting thread sleeps and wakes late; 0 for NCCL on GPUs.
-
 where ``bytes`` is what one rank sends by the ring algorithm (the ledger's paper convention: all-gather
-``(n - 1) x`` the local part, all-reduce ``2 (n - 1) / n x`` the tensor). A step of the UNet:
+``(n - 1) x`` the local part, all-reduce ``2 (n - 1) / n x`` the tensor) and ``w`` (the link's ``wake_us``)
+is what a rank loses at a blocking collective it reaches from compute: measured for gloo, where a waiting
+thread sleeps and wakes late; 0 for NCCL on GPUs. A step of the UNet:
 
     compute   C = sum of t(o) over the step's operators
     exposed   E = sum of the blocking collectives + max(0, A - C)
