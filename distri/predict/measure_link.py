@@ -13,8 +13,8 @@ Then the wake-up: every rank computes for a few milliseconds (matrix products, a
 0: a layer's worth of work) and all-gathers 1 KiB, ``WAKE_REPEATS`` times in a row; the time rank 0 spends
 in that all-gather beyond the median of the back-to-back ones is what a rank loses at a blocking collective it
 reaches from compute: the other rank's skew and, above all, the wake-up of a thread that went to sleep
-waiting (on this VM single waits of ~3-5 ms are common, and their mean is 1.5-2.5 ms, where back-to-back
-collectives take ~0.3 ms). Its mean is ``wake_us``.
+waiting (on this VM single waits of ~3-5 ms are common, and their mean was 0.9-2.5 ms over eight runs,
+where back-to-back collectives take ~0.3 ms). Its mean is ``wake_us``.
 The three numbers are printed as a :class:`distri.predict.profiles.LinkProfile` line to put in ``LINKS``.
 Measure on a quiet machine: other processes on the cores inflate every term.
 """

@@ -135,7 +135,8 @@ LINKS: dict[str, LinkProfile] = {
     # gloo over loopback between 2 processes of this VM, measured (python -m distri.predict.measure_link, the
     # same as predict_check.py's first step) on the quiet machine, 2026-11-26: all-gathers of 1 KiB-16 MiB
     # fitted on relative errors, and a rank's wake-up at a blocking all-gather reached from 5 ms of compute
-    # (2.4 ms on average; 1.5-2.5 ms over five runs); predict_check.py measures all three again in each run.
+    # (2.4 ms on average in that run; 0.9-2.5 ms over eight runs of the same day, and once 0 in a run with
+    # repeats=5: a noisy quantity); predict_check.py measures all three again in each run.
     "gloo": LinkProfile(
         "gloo", "gloo over loopback (this VM)", 157.7, 0.72, ("measured here",), wake_us=2383.0
     ),
