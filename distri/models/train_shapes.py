@@ -309,6 +309,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.size % 32:
         raise SystemExit(f"--size must be a multiple of 32 (latent side divisible by 4), got {args.size}")
+    if not 0 <= args.decay_steps <= args.unet_steps:
+        raise SystemExit(
+            f"--decay-steps must be 0 (no decay) .. --unet-steps ({args.unet_steps}), got {args.decay_steps}"
+        )
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     state: dict[str, Any] = torch.load(args.state) if args.state.is_file() else {}
