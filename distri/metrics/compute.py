@@ -23,11 +23,13 @@ stored as a string):
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 
@@ -73,26 +75,62 @@ def _refs(generated: ImageSource, ref_orig, ref_gt, prompts) -> tuple[list[Path]
     return gen, orig, gt[:n] if gt else gt, list(prompts[:n]) if prompts is not None else None
 
 
-class _Run:
-    """State of one ``compute_metrics`` call: options, backbones, device, and the record being filled."""
+class MetricSession:
+    """What several ``compute_metrics`` calls with the same options can share: the backbones, each loaded once,
+    and the clean-fid features of each image set, computed once (a job's images against its originals and G.T.,
+    then the originals themselves against G.T.: the originals' and G.T.'s features serve both calls)."""
 
-    def __init__(self, o: MetricOptions, bb: Backbones, device: str) -> None:
-        self.o, self.bb, self.device = o, bb, device
-        self.record: dict[str, Any] = {}
-        self.skipped: dict[str, str] = {}
-        self.notes: dict[str, str] = {}
+    def __init__(
+        self,
+        options: Mapping[str, Any] | MetricOptions | None = None,
+        backbones: Backbones | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.o = metric_options(options)
+        self.bb = backbones or resolve_backbones(self.o)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.kw = {
-            "device": device,
-            "batch_size": o.batch_size,
-            "num_workers": o.num_workers,
-            "progress": o.progress,
+            "device": self.device,
+            "batch_size": self.o.batch_size,
+            "num_workers": self.o.num_workers,
+            "progress": self.o.progress,
         }
         self._lpips: Any = None
+        self._fid: Any = None
+        self._clip: Any = None
+        self._features: dict[tuple[str, ...], np.ndarray] = {}
 
     def lpips(self) -> Any:
         if self._lpips is None:
             self._lpips = load_lpips(self.bb.items["lpips"], self.o.lpips_net, self.device)
         return self._lpips
+
+    def fid_extractor(self) -> Any:
+        if self._fid is None:
+            self._fid = load_fid_features(self.bb.items["fid"], self.device)
+        return self._fid
+
+    def clip(self) -> Callable[[], tuple[Any, Any]]:
+        """torchmetrics' CLIP loader, loading the model and processor on its first call only."""
+        if self._clip is None:
+            self._clip = functools.cache(clip_loader(self.bb.items["clip_score"], self.o.clip_model))
+        return self._clip
+
+    def fid_features(self, paths: Sequence[Path], desc: str) -> np.ndarray:
+        key = tuple(str(p) for p in paths)
+        if key not in self._features:
+            self._features[key] = clean_fid_features(paths, self.fid_extractor(), desc=desc, **self.kw)
+        return self._features[key]
+
+
+class _Run:
+    """One ``compute_metrics`` call: its session (options, backbones, device) and the record being filled."""
+
+    def __init__(self, session: MetricSession) -> None:
+        self.session, self.o, self.bb, self.kw = session, session.o, session.bb, session.kw
+        self.record: dict[str, Any] = {}
+        self.skipped: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
 
     def put(self, metric: str, value: float | None, n: int, backbone: str | None = None) -> None:
         self.record[metric] = value
@@ -109,7 +147,7 @@ class _Run:
 
     def paired(self, gen: list[Path], ref: list[Path], name: str) -> None:
         want_psnr = name == "orig" and self.o.wants("psnr")
-        lp = self.lpips() if self.o.wants("lpips") else None
+        lp = self.session.lpips() if self.o.wants("lpips") else None
         s = paired_scores(gen, ref, lpips_model=lp, psnr=want_psnr, resize_refs=name == "gt",
                           desc=f"PSNR/LPIPS vs {name}", **self.kw)  # fmt: skip
         if want_psnr:
@@ -126,18 +164,17 @@ class _Run:
             for name in refs:
                 self.skipped[f"fid_vs_{name}"] = f"FID needs at least 2 images per set, got {len(gen)}"
             return
-        feats = load_fid_features(self.bb.items["fid"], self.device)
         if self.o.fid_impl == "torchmetrics":
-            values = torchmetrics_fid(gen, refs, feats, **self.kw)
+            values = torchmetrics_fid(gen, refs, self.session.fid_extractor(), **self.kw)
         else:
-            values = self._clean_fid(gen, refs, feats)
+            values = self._clean_fid(gen, refs)
         for name, value in values.items():
             self.put(f"fid_vs_{name}", value, len(gen), "fid")
 
-    def _clean_fid(self, gen: list[Path], refs: dict[str, list[Path]], feats: Any) -> dict[str, float]:
-        g, values = clean_fid_features(gen, feats, desc="FID generated", **self.kw), {}
+    def _clean_fid(self, gen: list[Path], refs: dict[str, list[Path]]) -> dict[str, float]:
+        g, values = self.session.fid_features(gen, "FID generated"), {}
         for name, paths in refs.items():
-            r = clean_fid_features(paths, feats, desc=f"FID {name}", **self.kw)
+            r = self.session.fid_features(paths, f"FID {name}")
             # clean-fid raises "Imaginary component" for degenerate covariances (few images): skip, say why.
             # With no more images than features the covariances are singular (rank <= n - 1): scipy may warn
             # of it; the record's note says it instead, for every such set
@@ -157,8 +194,9 @@ class _Run:
         return values
 
     def clip(self, gen: list[Path], prompts: list[str]) -> None:
-        loader = clip_loader(self.bb.items["clip_score"], self.o.clip_model)
-        self.put("clip_score", clip_score(gen, prompts, loader, **self.kw), len(gen), "clip_score")
+        self.put(
+            "clip_score", clip_score(gen, prompts, self.session.clip(), **self.kw), len(gen), "clip_score"
+        )
 
 
 def compute_metrics(
@@ -170,6 +208,7 @@ def compute_metrics(
     *,
     backbones: Backbones | None = None,
     device: str | None = None,
+    session: MetricSession | None = None,
 ) -> dict[str, Any]:
     """Quality metrics of ``generated`` (a folder or image paths) against its references, as record keys.
 
@@ -177,14 +216,16 @@ def compute_metrics(
     ``options.gt_dir``), the first ``len(generated)`` paired by position and resized to the generated size;
     ``prompts``: caption ``i`` of image ``i`` (CLIP score); ``options``: the ``metrics`` config (see
     :class:`~distri.metrics.options.MetricOptions`); ``backbones``: from :func:`resolve_backbones` at job start
-    (resolved here when ``None``); ``device``: default CUDA when available. Images stream from disk in batches of
-    ``options.batch_size``. The keys are described in this module's docstring.
+    (resolved here when ``None``); ``device``: default CUDA when available; ``session``: a
+    :class:`MetricSession` shared with other calls, in place of ``options``, ``backbones`` and ``device``.
+    Images stream from disk in batches of ``options.batch_size``. The keys are described in this module's
+    docstring.
     """
-    o = metric_options(options)
+    if session is not None and (options, backbones, device) != (None, None, None):
+        raise ValueError("compute_metrics: give either a session or options/backbones/device, not both")
+    run = _Run(session or MetricSession(options, backbones, device))
+    o = run.o
     gen, orig, gt, prompts = _refs(generated, ref_orig, ref_gt if ref_gt is not None else o.gt_dir, prompts)
-    run = _Run(
-        o, backbones or resolve_backbones(o), device or ("cuda" if torch.cuda.is_available() else "cpu")
-    )
     # `|`, not `or`: both calls record their skip reasons.
     if run.wanted("psnr_vs_orig", "psnr", orig, NO_ORIG) | run.wanted(
         "lpips_vs_orig", "lpips", orig, NO_ORIG

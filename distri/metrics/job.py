@@ -70,21 +70,24 @@ def job_quality(
     out: str | Path | None,
     label: str,
     device: str = "cpu",
-) -> tuple[dict[str, Any], str | None]:
-    """Rank 0: every metric of the job's images (``compute_metrics`` with the job's ``metrics`` options) and
-    the comparison grid of its first prompts into ``out`` (with originals and an ``out``); returns
-    ``(metrics, grid path or None)``."""
+) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
+    """Rank 0: every metric of the job's images (``compute_metrics`` with the job's ``metrics`` options), the
+    baseline metrics of the originals themselves (against G.T. and the prompts; ``None`` without originals),
+    and the comparison grid of the first prompts into ``out`` (with originals and an ``out``); returns
+    ``(metrics, baseline, grid path or None)``. Both sets share one :class:`MetricSession`: the backbones load
+    once, and the originals' and G.T.'s FID features are computed once."""
     from distri.metrics.backbones import resolve_backbones
-    from distri.metrics.compute import compute_metrics
+    from distri.metrics.compute import MetricSession, compute_metrics
     from distri.metrics.grid import comparison_grid
     from distri.metrics.options import job_metric_config
 
     opts = job_metric_config(cfg)
-    metrics = compute_metrics(images, originals, None, prompts, opts, backbones=resolve_backbones(opts),
-                              device=device)  # fmt: skip
+    session = MetricSession(opts, resolve_backbones(opts), device)
+    metrics = compute_metrics(images, originals, None, prompts, session=session)
+    baseline = compute_metrics(originals, None, None, prompts, session=session) if originals else None
     grid = None
     if originals and out is not None:
         grid = str(
             comparison_grid(originals, images, Path(out) / "comparison.png", label=label, prompts=prompts)
         )
-    return metrics, grid
+    return metrics, baseline, grid

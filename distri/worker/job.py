@@ -307,13 +307,13 @@ def _quality(env, cfg, record: dict, originals: list[Path] | None, out: Path, la
 
     device = str(env.device)
     grid_dir = out if cfg["runner"]["save_images"] else None  # save_images=false: no pictures are kept
-    metrics, grid = job_quality(cfg, record["images"], originals, record["prompts"], grid_dir, label, device)
+    metrics, baseline, grid = job_quality(
+        cfg, record["images"], originals, record["prompts"], grid_dir, label, device
+    )
     record["metrics"].update(metrics)
     record["comparison_grid"] = grid
-    if originals:
-        record["baseline_metrics"] = job_quality(cfg, originals, None, record["prompts"], out, label, device)[
-            0
-        ]
+    if baseline is not None:
+        record["baseline_metrics"] = baseline
 
 
 @contextlib.contextmanager

@@ -303,3 +303,31 @@ def test_folder_command_gives_the_library_numbers(sets, tmp_path) -> None:
             assert math.isfinite(cli[key]) and cli[key] == pytest.approx(value, rel=1e-5), key
         else:
             assert cli[key] == value, key
+
+
+def test_a_session_computes_each_sets_fid_features_once_and_changes_no_value(sets, monkeypatch):
+    """A job's metrics then its originals' baseline metrics, as ``job_quality`` computes them: with one session
+    the originals' and G.T.'s features are extracted once (3 extractions, not 5), and every value equals that
+    of separate calls."""
+    import distri.metrics.compute as compute
+
+    separate = [
+        compute_metrics(sets["base"], sets["noise24"], sets["gt"], PROMPTS, options=OPTS),
+        compute_metrics(sets["noise24"], None, sets["gt"], PROMPTS, options=OPTS),
+    ]
+    extracted = []
+    real = compute.clean_fid_features
+    monkeypatch.setattr(
+        compute,
+        "clean_fid_features",
+        lambda paths, *a, **k: extracted.append(len(paths)) or real(paths, *a, **k),
+    )
+    session = compute.MetricSession(OPTS)
+    shared = [
+        compute_metrics(sets["base"], sets["noise24"], sets["gt"], PROMPTS, session=session),
+        compute_metrics(sets["noise24"], None, sets["gt"], PROMPTS, session=session),
+    ]
+    assert extracted == [N, N, N]
+    assert shared == separate
+    with pytest.raises(ValueError, match="either a session or options"):
+        compute_metrics(sets["base"], options=OPTS, session=session)
