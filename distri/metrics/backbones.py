@@ -18,6 +18,7 @@ generated, which backbone each metric uses under ``metrics.backbones``: ``real``
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 from collections.abc import Callable, Mapping
@@ -171,12 +172,20 @@ def _real_name(metric: str, o: MetricOptions) -> str:
     }[metric]
 
 
-SHAPES_FID = "shape classifier features (64, trained on distri.data.shapes)"
+# The stand-in FID feature extractor of each model domain (``metrics.domain``): its label, and its class as
+# "module:name" (imported when used; each has a ``num_features``).
+STANDIN_FID = {
+    "open": ("4-layer conv net, seed 0, 64 features", "distri.metrics.standins:StandInFeatures"),
+    "shapes": (
+        "shape classifier features (64, trained on distri.data.shapes)",
+        "distri.metrics.shapes:ShapeFeatures",
+    ),
+}
 
 
 def _standin_name(metric: str, o: MetricOptions) -> str:
     return {
-        "fid": SHAPES_FID if o.domain == "shapes" else "4-layer conv net, seed 0, 64 features",
+        "fid": STANDIN_FID[o.domain][0],
         "lpips": f"lpips v0.1 {o.lpips_net} with a random trunk, seed 1",
         "clip_score": "tiny CLIP, seed 2",
     }[metric]
@@ -266,18 +275,13 @@ class FidFeatures(nn.Module):
             return self.net(x.float())
 
 
-def load_fid_features(backbone: Backbone, device) -> FidFeatures:
-    """The FID feature extractor: clean-fid's Inception (``resize_inside=False``), or the stand-in: for shapes
-    models the shape classifier's features (:class:`~distri.metrics.shapes.ShapeFeatures`), else
-    :class:`StandInFeatures`."""
-    if backbone.kind == "stand-in" and backbone.name == SHAPES_FID:
-        from distri.metrics.shapes import ShapeFeatures
-
-        return FidFeatures(ShapeFeatures(), ShapeFeatures.num_features).to(device)
+def load_fid_features(backbone: Backbone, device, domain: str = "open") -> FidFeatures:
+    """The FID feature extractor: clean-fid's Inception (``resize_inside=False``), or the stand-in of the model's
+    ``domain`` (:data:`STANDIN_FID`: the shape classifier's features for shapes models)."""
     if backbone.kind == "stand-in":
-        from distri.metrics.standins import StandInFeatures
-
-        return FidFeatures(StandInFeatures(), StandInFeatures.num_features).to(device)
+        module, name = STANDIN_FID[domain][1].split(":")
+        cls = getattr(importlib.import_module(module), name)
+        return FidFeatures(cls(), cls.num_features).to(device)
     from cleanfid.inception_torchscript import InceptionV3W
 
     net = InceptionV3W(str(inception_dir()), download=False, resize_inside=False)

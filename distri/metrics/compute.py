@@ -107,7 +107,7 @@ class MetricSession:
 
     def fid_extractor(self) -> Any:
         if self._fid is None:
-            self._fid = load_fid_features(self.bb.items["fid"], self.device)
+            self._fid = load_fid_features(self.bb.items["fid"], self.device, self.o.domain)
         return self._fid
 
     def clip(self) -> Callable[[], tuple[Any, Any]]:

@@ -124,3 +124,18 @@ def test_stand_ins_are_deterministic(tmp_path) -> None:
     first = build_standin_clip(tmp_path / "c1") / "model.safetensors"
     second = build_standin_clip(tmp_path / "c2") / "model.safetensors"
     assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize("domain", ["open", "shapes"])
+def test_each_domain_has_its_stand_in_fid_extractor(domain) -> None:
+    """The stand-in's label names the extractor that is loaded: the shape classifier for shapes models."""
+    from distri.metrics.options import DOMAINS
+    from distri.metrics.shapes import ShapeFeatures
+    from distri.metrics.standins import StandInFeatures
+
+    assert set(bb.STANDIN_FID) == set(DOMAINS)
+    fid = resolve_backbones({"backbones": "stand-in", "domain": domain}).items["fid"]
+    extractor = bb.load_fid_features(fid, "cpu", domain)
+    expected = {"open": StandInFeatures, "shapes": ShapeFeatures}[domain]
+    assert isinstance(extractor.net, expected) and fid.name == bb.STANDIN_FID[domain][0]
+    assert extractor(torch.zeros(2, 3, 299, 299)).shape == (2, expected.num_features)
