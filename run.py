@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -44,7 +45,7 @@ from distri.slurm import under_submitit
 from distri.torchrun import defer_sigterm, torchrun_rank
 from hydra_plugins.distri_slurm_launcher import remote_failures
 
-register_configs()
+register_configs(ConfigStore.instance())
 _JOB_ID = secrets.token_hex(3)  # one per process: run and sweep folders differ even within one second
 OmegaConf.register_new_resolver("distri_uid", lambda: _JOB_ID)
 FAILED: list[str] = []

@@ -138,13 +138,11 @@ class Config:
     force: bool = False  # run even when the sweep folder already holds an ok record of this job
 
 
-def register_configs() -> None:
-    """Register the schemas; config files extend them through their defaults lists."""
-    from hydra.core.config_store import ConfigStore
-
+def register_configs(cs: Any) -> None:
+    """Register the schemas in ``cs``, Hydra's ``ConfigStore.instance()`` (given by the caller: the library does
+    not import Hydra); config files extend them through their defaults lists."""
     from distri.parallel.strategy import register_schemas
 
-    cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     register_schemas(cs)

@@ -10,6 +10,7 @@ then. Under ``torchrun`` or ``srun`` only global rank 0 prints.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -29,16 +30,20 @@ def _rank0() -> bool:
 
 def count_jobs(config: DictConfig) -> int | None:
     """How many jobs Hydra's basic sweeper makes of the command line's (and ``hydra.sweeper.params``')
-    sweeps, as it does (the product of the swept values); None for another sweeper."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
+    overrides: the product of the swept values' counts, a later override of a key replacing an earlier one, as
+    the sweeper does (through Hydra's public override parser); None for another sweeper or a sweep it refuses."""
     sweeper = config.hydra.sweeper
     if sweeper.get("_target_") != BASIC_SWEEPER:
         return None
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-    parsed = OverridesParser.create().parse_overrides([*params, *task])
-    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    counts: dict[str, int] = {}
+    for override in OverridesParser.create().parse_overrides([*params, *task]):
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            return None  # e.g. an interval sweep: the basic sweeper rejects it, and says so
+        discrete = override.is_sweep_override()
+        counts[override.get_key_element()] = len(list(override.sweep_string_iterator())) if discrete else 1
+    return math.prod(counts.values())
 
 
 class SweepProgress(Callback):

@@ -22,11 +22,12 @@ def _cache_and_offline(tmp_path_factory):
 def cfg_of():
     """``cfg_of(*overrides)``: conf/config.yaml composed with Hydra's overrides, resolved to a plain dict."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
     from distri.config import register_configs
 
-    register_configs()
+    register_configs(ConfigStore.instance())
     with initialize_config_dir(
         config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"
     ):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from distri.config import ConfigError, register_configs, validate
@@ -20,7 +21,7 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def compose_cfg(*overrides: str) -> dict:
-    register_configs()
+    register_configs(ConfigStore.instance())
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
 

@@ -37,11 +37,12 @@ FLOAT16_PSNR_DB = {"full_sync": 50.0, "corrected_async_gn": 45.0}
 def compose(*overrides: str) -> dict:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
     from distri.config import register_configs
 
-    register_configs()
+    register_configs(ConfigStore.instance())
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose("config", overrides=["logger=none", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)

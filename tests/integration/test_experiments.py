@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -27,7 +28,7 @@ PAPER_RES = (1024, 2048, 3840)
 
 def sweep_jobs(name: str, *overrides: str) -> list[dict[str, Any]]:
     """The resolved config of every job of ``+experiment=name``'s sweep, expanded by Hydra's own sweeper."""
-    register_configs()
+    register_configs(ConfigStore.instance())
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         base = [f"+experiment={name}", *overrides]

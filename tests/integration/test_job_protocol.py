@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 import distri.generate
@@ -32,7 +33,7 @@ SMALL = ["height=64", "width=64", "sampler.num_inference_steps=2", "logger=none"
 
 
 def config(*overrides: str) -> dict:
-    register_configs()
+    register_configs(ConfigStore.instance())
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         d = OmegaConf.to_container(compose("config", overrides=[*SMALL, *overrides]), resolve=True)
     validate(d)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from distri.config import ConfigError, register_configs, validate
@@ -18,7 +19,7 @@ STEPS = 2
 
 
 def _compose(*overrides: str) -> dict:
-    register_configs()
+    register_configs(ConfigStore.instance())
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[SEARCH, "strategy=recorder", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)

@@ -75,13 +75,14 @@ def test_the_folder_command_gives_the_jobs_numbers(sweep):
 
 def test_real_backbones_missing_fail_before_any_worker_with_the_fetch_command(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
     from distri.config import register_configs
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no AlexNet/VGG checkpoint there
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    register_configs()
+    register_configs(ConfigStore.instance())
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose("config", overrides=["metrics.backbones=real"]), resolve=True)
     with pytest.raises(ConfigError, match="distri.weights fetch"):

@@ -233,3 +233,41 @@ def test_wandb_run_is_named_and_tagged_and_steps_are_history(tmp_path, monkeypat
     assert (
         "per_step" not in summary["record"]["comm"] and summary["record"]["comm"]["bytes_per_step"] == 175.0
     )
+
+
+@pytest.mark.parametrize(
+    "params, task",
+    [
+        ({}, ["world_size=1,2", "strategy=naive_patch,displaced_patch", "seed=3"]),
+        ({"world_size": "1,2,4"}, ["height=64,128", "world_size=2,4"]),  # the command line replaces params
+        ({}, ["sampler.steps=range(2,10,3)", "+x=choice(a,b,c)", "height=64"]),
+        ({}, []),
+    ],
+)
+def test_count_jobs_is_the_basic_sweepers_count(params, task):
+    """The ``job k/N`` total, against Hydra's own basic sweeper splitting the same overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.distri_callbacks import BASIC_SWEEPER, count_jobs
+
+    config = OmegaConf.create(
+        {"hydra": {"sweeper": {"_target_": BASIC_SWEEPER, "params": params}, "overrides": {"task": task}}}
+    )
+    parsed = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *task])
+    assert count_jobs(config) == len(BasicSweeper.split_arguments(parsed, None)[0])
+    config.hydra.sweeper._target_ = "some.other.Sweeper"
+    assert count_jobs(config) is None
+
+
+def test_count_jobs_is_unknown_for_a_sweep_the_basic_sweeper_refuses():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.distri_callbacks import BASIC_SWEEPER, count_jobs
+
+    task = ["world_size=1,2", "+lr=interval(0,1)"]
+    config = OmegaConf.create(
+        {"hydra": {"sweeper": {"_target_": BASIC_SWEEPER}, "overrides": {"task": task}}}
+    )
+    assert count_jobs(config) is None
