@@ -75,7 +75,7 @@ _SCHEDULER_COMMON: dict[str, Any] = {
 }
 
 
-def _text_config(hidden: int, layers: int, heads: int, act: str, projection_dim: int) -> dict[str, Any]:
+def text_config(hidden: int, layers: int, heads: int, act: str, projection_dim: int) -> dict[str, Any]:
     return {
         "hidden_size": hidden,
         "intermediate_size": 2 * hidden,
@@ -112,8 +112,8 @@ _SPECS: dict[str, dict[str, Any]] = {
             "upcast_attention": False,
         },
         "vae": {"scaling_factor": 0.13025},
-        "text_encoder": _text_config(32, 3, 4, "quick_gelu", 32),
-        "text_encoder_2": _text_config(32, 3, 4, "gelu", 32),
+        "text_encoder": text_config(32, 3, 4, "quick_gelu", 32),
+        "text_encoder_2": text_config(32, 3, 4, "gelu", 32),
         "tokenizer": {"pad_token": EOS},
         "tokenizer_2": {"pad_token": "!"},
         "scheduler": {"_class_name": "EulerDiscreteScheduler", **_SCHEDULER_COMMON},
@@ -141,7 +141,7 @@ _SPECS: dict[str, dict[str, Any]] = {
             "use_linear_projection": False,
         },
         "vae": {"scaling_factor": 0.18215},
-        "text_encoder": _text_config(64, 3, 4, "quick_gelu", 64),
+        "text_encoder": text_config(64, 3, 4, "quick_gelu", 64),
         "tokenizer": {"pad_token": EOS},
         "scheduler": {"_class_name": "DDIMScheduler", **_SCHEDULER_COMMON},
     },

@@ -29,6 +29,9 @@ equals a run with ``--unet-steps N``.
    ``--decay-steps N`` a linear decay to zero over the last N steps; the shipped weights used none). The
    weights saved are an exponential moving average (decay 0.999) of the trained ones.
 
+The architecture flags (``--unet-channels``, ``--text-width``, ``--attention-levels``; :func:`shapes_spec`)
+default to the shipped model's; a state file is resumed only with the architecture it was trained with.
+
 Every ``--save-every`` steps the pipeline is saved with ``save_pretrained`` (safetensors; the UNet in float16
 to keep the shipped weights small) into ``--out``, and the training state into ``--state`` (resumed from
 there on a restart).
@@ -49,7 +52,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from distri.data.shapes import VOCABULARY, make_scene, render
-from distri.models.tiny import components_from_spec, quiet_progress_bars, tiny_spec
+from distri.models.tiny import components_from_spec, quiet_progress_bars, text_config, tiny_spec
 from distri.models.tokenizer import MERGE_WORDS
 
 DEFAULT_OUT = Path(__file__).parent / "weights" / "shapes_sdxl"
@@ -60,18 +63,41 @@ WORDS = tuple(dict.fromkeys((*VOCABULARY, *MERGE_WORDS)))
 """Words the shapes tokenizer merges into single tokens: the captions' vocabulary first."""
 
 
-def shapes_spec(size: int) -> dict[str, Any]:
+ATTENTION_LEVELS = {
+    "sdxl": (["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+             ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]),
+    "all": (["CrossAttnDownBlock2D"] * 3, ["CrossAttnUpBlock2D"] * 3),
+}  # fmt: skip
+"""UNet block types per ``--attention-levels``: SDXL's (no attention at the full latent resolution) or
+cross-attention at every level (words bound to the 16x16 latent grid of a 128 px image, not only to 8x8)."""
+
+
+def shapes_spec(
+    size: int, channels: tuple[int, ...] = (32, 64, 96), text_width: int = 32, attention: str = "sdxl"
+) -> dict[str, Any]:
     """Config dicts of the shapes_sdxl pipeline at image side ``size`` (latent ``size // 8``): tiny_sdxl's
-    (:func:`distri.models.tiny.tiny_spec`: text encoders, tokenizers, SDXL conditioning) with a UNet of
-    channels 32/64/96, 4 heads and one layer per block, and a VAE of channels 16/32/64/64 without attention in
-    its middle block (fully convolutional: trained on crops, used on whole images)."""
+    (:func:`distri.models.tiny.tiny_spec`: tokenizers, SDXL conditioning) with a UNet of 3 levels of
+    ``channels``, 4 heads and one layer per block, the blocks of :data:`ATTENTION_LEVELS` ``[attention]``, two
+    CLIP text encoders of width ``text_width`` (3 layers; cross-attention dim ``2 * text_width``, the pooled
+    projection ``text_width`` wide), and a VAE of channels 16/32/64/64 without attention in its middle block
+    (fully convolutional: trained on crops, used on whole images). The defaults are the shipped model's."""
+    if len(channels) != 3 or attention not in ATTENTION_LEVELS:
+        raise ValueError(f"3 UNet channel counts and attention in {sorted(ATTENTION_LEVELS)}, got {channels}, "
+                         f"{attention!r}")  # fmt: skip
     spec = tiny_spec("tiny_sdxl")
+    down, up = ATTENTION_LEVELS[attention]
+    spec["text_encoder"] = text_config(text_width, 3, 4, "quick_gelu", text_width)
+    spec["text_encoder_2"] = text_config(text_width, 3, 4, "gelu", text_width)
     spec["unet"].update(
         sample_size=size // 8,
-        block_out_channels=[32, 64, 96],
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=list(channels),
         layers_per_block=1,
         attention_head_dim=[4, 4, 4],  # diffusers' historical naming: the number of heads
         transformer_layers_per_block=[1, 1, 1],
+        cross_attention_dim=2 * text_width,  # both encoders' penultimate states, concatenated
+        projection_class_embeddings_input_dim=6 * spec["unet"]["addition_time_embed_dim"] + text_width,
     )
     spec["vae"].update(
         block_out_channels=[16, 32, 64, 64],
@@ -117,10 +143,11 @@ def unet_step(pipe, latents: torch.Tensor, captions: list[str], gen: torch.Gener
     return F.mse_loss(pred, noise)
 
 
-def build_pipeline(size: int, workdir: Path):
+def build_pipeline(size: int, workdir: Path, **arch: Any):
+    """The untrained pipeline at ``size``; ``arch``: :func:`shapes_spec`'s architecture keywords."""
     from diffusers import StableDiffusionXLPipeline
 
-    components = components_from_spec(shapes_spec(size), workdir, SEEDS, WORDS)
+    components = components_from_spec(shapes_spec(size, **arch), workdir, SEEDS, WORDS)
     return StableDiffusionXLPipeline(**components, add_watermarker=False)
 
 
@@ -289,6 +316,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state", type=Path, default=Path(".train_shapes/state.pt"), help="resume state file")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (latent: size / 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unet-channels", default="32,64,96", help="the UNet's 3 levels' channels")
+    p.add_argument("--text-width", type=int, default=32, help="both text encoders' width")
+    p.add_argument("--attention-levels", choices=sorted(ATTENTION_LEVELS), default="sdxl",
+                   help="sdxl: cross-attention below the first level, as SDXL; all: at every level")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see the module doc)")
     p.add_argument("--vae-steps", type=int, default=500)
     p.add_argument("--vae-batch", type=int, default=16)
@@ -305,6 +336,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def architecture(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`shapes_spec`'s architecture keywords from the command line."""
+    try:
+        channels = tuple(int(c) for c in args.unet_channels.split(","))
+    except ValueError:
+        raise SystemExit(
+            f"--unet-channels takes 3 integers, e.g. 32,64,96; got {args.unet_channels!r}"
+        ) from None
+    if len(channels) != 3 or min(channels) < 8 or any(c % 8 for c in channels) or args.text_width % 4:
+        raise SystemExit("--unet-channels takes 3 multiples of 8 (GroupNorm's 8 groups) and --text-width a "
+                         f"multiple of 4 (4 heads); got {args.unet_channels!r}, {args.text_width}")  # fmt: skip
+    return {"channels": channels, "text_width": args.text_width, "attention": args.attention_levels}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.size % 32:
@@ -313,11 +358,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"--decay-steps must be 0 (no decay) .. --unet-steps ({args.unet_steps}), got {args.decay_steps}"
         )
+    arch = architecture(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     state: dict[str, Any] = torch.load(args.state) if args.state.is_file() else {}
+    # The architecture of a state file (states written before these flags existed: the defaults').
+    saved = state.setdefault("architecture", architecture(parse_args([])))
+    if {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()} != arch:
+        raise SystemExit(f"{args.state} was trained with {saved}, not {arch}: give the same architecture flags, "
+                         "or another --state to start afresh")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = build_pipeline(args.size, Path(tmp))
+        pipe = build_pipeline(args.size, Path(tmp), **arch)
     if "vae" in state:
         pipe.vae.load_state_dict(state["vae"])
     t0 = time.perf_counter()

@@ -81,3 +81,26 @@ def test_lr_factor_warms_up_then_optionally_decays():
     assert ts.lr_factor(899, 1000, 100) == 1.0  # the decay starts at step 900
     assert ts.lr_factor(950, 1000, 100) == pytest.approx(0.5)
     assert ts.lr_factor(999, 1000, 100) == pytest.approx(0.01)
+
+
+def test_architecture_flags_build_that_pipeline_and_a_state_keeps_its_own(tmp_path):
+    """``--unet-channels/--text-width/--attention-levels`` reach the built pipeline; the defaults are the
+    shipped model's config; bad values and a state of another architecture are refused before training."""
+    import json
+
+    args = ts.parse_args(["--unet-channels", "16,24,32", "--text-width", "8", "--attention-levels", "all"])
+    pipe = ts.build_pipeline(SIZE, tmp_path / "tok", **ts.architecture(args))
+    unet = pipe.unet.config
+    assert list(unet.block_out_channels) == [16, 24, 32] and unet.cross_attention_dim == 16
+    assert list(unet.down_block_types) == ["CrossAttnDownBlock2D"] * 3
+    assert pipe.text_encoder.config.hidden_size == pipe.text_encoder_2.config.projection_dim == 8
+    shipped = json.loads((ts.DEFAULT_OUT / "unet" / "config.json").read_text())
+    default = ts.shapes_spec(128, **ts.architecture(ts.parse_args([])))["unet"]
+    assert all(shipped[k] == v for k, v in default.items()), "the defaults must build the shipped model"
+    for bad in (["--unet-channels", "32,64"], ["--unet-channels", "32,60,96"], ["--text-width", "30"]):
+        with pytest.raises(SystemExit, match="--unet-channels"):
+            ts.main(bad)
+    state = tmp_path / "state.pt"
+    torch.save({"architecture": ts.architecture(args)}, state)
+    with pytest.raises(SystemExit, match="was trained with"):
+        ts.main(["--state", str(state), "--out", str(tmp_path / "out")])
