@@ -81,9 +81,6 @@ def shapes_spec(
     CLIP text encoders of width ``text_width`` (3 layers; cross-attention dim ``2 * text_width``, the pooled
     projection ``text_width`` wide), and a VAE of channels 16/32/64/64 without attention in its middle block
     (fully convolutional: trained on crops, used on whole images). The defaults are the shipped model's."""
-    if len(channels) != 3 or attention not in ATTENTION_LEVELS:
-        raise ValueError(f"3 UNet channel counts and attention in {sorted(ATTENTION_LEVELS)}, got {channels}, "
-                         f"{attention!r}")  # fmt: skip
     spec = tiny_spec("tiny_sdxl")
     down, up = ATTENTION_LEVELS[attention]
     spec["text_encoder"] = text_config(text_width, 3, 4, "quick_gelu", text_width)
@@ -362,9 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     state: dict[str, Any] = torch.load(args.state) if args.state.is_file() else {}
-    # The architecture of a state file (states written before these flags existed: the defaults').
-    saved = state.setdefault("architecture", architecture(parse_args([])))
-    if {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()} != arch:
+    # A new state takes this run's architecture; one written before these flags existed has the defaults'.
+    saved = state.setdefault("architecture", architecture(parse_args([])) if state else arch)
+    if saved != arch:
         raise SystemExit(f"{args.state} was trained with {saved}, not {arch}: give the same architecture flags, "
                          "or another --state to start afresh")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

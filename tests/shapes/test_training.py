@@ -100,7 +100,14 @@ def test_architecture_flags_build_that_pipeline_and_a_state_keeps_its_own(tmp_pa
     for bad in (["--unet-channels", "32,64"], ["--unet-channels", "32,60,96"], ["--text-width", "30"]):
         with pytest.raises(SystemExit, match="--unet-channels"):
             ts.main(bad)
-    state = tmp_path / "state.pt"
-    torch.save({"architecture": ts.architecture(args)}, state)
+    # One step of each phase with that architecture, then a resume: with the defaults refused, with it allowed.
+    flags = ["--unet-channels", "16,24,32", "--text-width", "8", "--attention-levels", "all"]
+    run = ["--state", str(tmp_path / "state.pt"), "--out", str(tmp_path / "out"), "--size", str(SIZE),
+           "--vae-steps", "1", "--vae-batch", "2", "--decoder-steps", "1", "--decoder-batch", "1",
+           "--unet-steps", "1", "--batch", "2", "--scenes", "4", "--save-every", "1"]  # fmt: skip
+    ts.main(run + flags)
+    saved = json.loads((tmp_path / "out" / "unet" / "config.json").read_text())
+    assert saved["block_out_channels"] == [16, 24, 32] and saved["cross_attention_dim"] == 16
     with pytest.raises(SystemExit, match="was trained with"):
-        ts.main(["--state", str(state), "--out", str(tmp_path / "out")])
+        ts.main(run)
+    ts.main(run + flags)
