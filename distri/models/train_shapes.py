@@ -25,7 +25,8 @@ equals a run with ``--unet-steps N``.
    is dropped with probability 0.1: its embeddings are set to zero, which is what the SDXL pipeline uses for
    the unconditional branch of classifier-free guidance (``force_zeros_for_empty_prompt``). The latents of
    a fixed set of ``--scenes`` scenes are encoded once (posterior mean and std; a latent is sampled from it
-   per step). AdamW at ``--unet-lr`` (:func:`lr_factor`: linear warm-up over 200 steps; with
+   per step). ``--snr-gamma G`` weights each sample's loss by min-SNR-G (:func:`min_snr_weight`; the shipped
+   weights used none). AdamW at ``--unet-lr`` (:func:`lr_factor`: linear warm-up over 200 steps; with
    ``--decay-steps N`` a linear decay to zero over the last N steps; the shipped weights used none). The
    weights saved are an exponential moving average (decay 0.999) of the trained ones.
 
@@ -125,8 +126,22 @@ def vae_step(vae, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean() / x[0].numel()
 
 
-def unet_step(pipe, latents: torch.Tensor, captions: list[str], gen: torch.Generator) -> torch.Tensor:
-    """Epsilon-prediction loss of one UNet + text-encoder step on ``latents`` (already scaled)."""
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights of epsilon prediction (Hang et al., ICCV 2023): ``min(SNR(t), gamma) /
+    SNR(t)`` with ``SNR(t) = abar_t / (1 - abar_t)``, i.e. the x0-error weight ``SNR(t)`` clamped at
+    ``gamma``, so that the low-noise timesteps weigh less. ``gamma <= 0``: all ones (the plain loss)."""
+    if gamma <= 0:
+        return torch.ones(t.shape)
+    abar = scheduler.alphas_cumprod[t].float()
+    snr = abar / (1 - abar)
+    return snr.clamp(max=gamma) / snr
+
+
+def unet_step(
+    pipe, latents: torch.Tensor, captions: list[str], gen: torch.Generator, snr_gamma: float = 0.0
+) -> torch.Tensor:
+    """Epsilon-prediction loss of one UNet + text-encoder step on ``latents`` (already scaled): the mean
+    over samples of each sample's squared error, weighted by :func:`min_snr_weight`."""
     n = latents.shape[0]
     embeds, _, pooled, _ = pipe.encode_prompt(captions, device="cpu", do_classifier_free_guidance=False)
     keep = (torch.rand(n, generator=gen) >= 0.1).float()
@@ -137,7 +152,8 @@ def unet_step(pipe, latents: torch.Tensor, captions: list[str], gen: torch.Gener
     size = latents.shape[-1] * pipe.vae_scale_factor
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).expand(n, 6)
     pred = pipe.unet(noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-    return F.mse_loss(pred, noise)
+    per_sample = (pred - noise).square().flatten(1).mean(1)
+    return (per_sample * min_snr_weight(pipe.scheduler, t, snr_gamma)).mean()
 
 
 def build_pipeline(size: int, workdir: Path, **arch: Any):
@@ -268,7 +284,7 @@ def train_unet(pipe, args, state: dict[str, Any]) -> None:
         gen = _generator(args.seed, 2, step)
         idx = [(step * args.batch + i) % args.scenes for i in range(args.batch)]
         latents = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
-        loss = unet_step(pipe, latents, [captions[i] for i in idx], gen)
+        loss = unet_step(pipe, latents, [captions[i] for i in idx], gen, args.snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
@@ -283,19 +299,21 @@ def train_unet(pipe, args, state: dict[str, Any]) -> None:
             _save_state(state, args.state)
             ema.store(modules.parameters())
             ema.copy_to(modules.parameters())
-            save_pipeline(pipe, args.out, step + 1, args.decoder_steps)
+            save_pipeline(pipe, args.out, step + 1, args)
             ema.restore(modules.parameters())
 
 
-def save_pipeline(pipe, out: Path, step: int, decoder_steps: int) -> None:
-    """Save the pipeline (UNet in float16, the rest float32) with ``save_pretrained`` into ``out``."""
+def save_pipeline(pipe, out: Path, step: int, args: argparse.Namespace) -> None:
+    """Save the pipeline (UNet in float16, the rest float32) with ``save_pretrained`` into ``out``, and in
+    ``training.json`` the steps of the UNet and decoder phases and the UNet's loss weighting."""
     pipe.unet.to(torch.float16)
     try:
         with quiet_progress_bars():
             pipe.save_pretrained(out, safe_serialization=True)
     finally:
         pipe.unet.to(torch.float32)
-    (out / "training.json").write_text(json.dumps({"unet_step": step, "decoder_step": decoder_steps}) + "\n")
+    recipe = {"unet_step": step, "decoder_step": args.decoder_steps, "snr_gamma": args.snr_gamma}
+    (out / "training.json").write_text(json.dumps(recipe) + "\n")
 
 
 def _save_state(state: dict[str, Any], path: Path) -> None:
@@ -328,6 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decay-steps", type=int, default=0, help="UNet LR decays to 0 over the last N steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--snr-gamma", type=float, default=0.0,
+                   help="min-SNR-gamma loss weighting of the UNet phase (5 is the paper's); 0: none (shipped)")  # fmt: skip
     p.add_argument("--scenes", type=int, default=16384, help="training scenes encoded for the UNet phase")
     p.add_argument("--save-every", type=int, default=250)
     return p.parse_args(argv)

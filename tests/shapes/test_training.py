@@ -66,6 +66,42 @@ def test_unet_phase_loss_is_finite_and_falls(pipe):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
+def test_min_snr_weight_is_the_clamped_snr_ratio(pipe):
+    """Written from the formula: SNR(t) = abar_t / (1 - abar_t), weight min(SNR, gamma) / SNR; gamma 0 is
+    the plain loss."""
+    abar = pipe.scheduler.alphas_cumprod.double()
+    t = torch.tensor([0, 10, 100, 400, 999])
+    for gamma in (1.0, 5.0):
+        want = [min(abar[i] / (1 - abar[i]), gamma) / (abar[i] / (1 - abar[i])) for i in t.tolist()]
+        got = ts.min_snr_weight(pipe.scheduler, t, gamma)
+        assert torch.allclose(got.double(), torch.tensor(want), rtol=1e-5), (gamma, got, want)
+    assert torch.equal(ts.min_snr_weight(pipe.scheduler, t, 0.0), torch.ones(5))
+    assert ts.min_snr_weight(pipe.scheduler, torch.tensor([999]), 5.0).item() == 1.0  # SNR < 5: unweighted
+
+
+def test_unet_step_weights_each_sample_by_its_timestep(pipe):
+    """One sample: the min-SNR loss is the plain loss times the weight at the timestep the step drew (the
+    draws replayed here in the step's order: caption dropout, noise, timestep), for a seed whose timestep
+    has SNR > gamma (so that the weight is not 1)."""
+    x, captions = ts.scene_batch(0, 0, 1, SIZE)
+    with torch.no_grad():
+        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+
+    def replay(seed: int) -> float:
+        g = torch.Generator().manual_seed(seed)
+        torch.rand(1, generator=g), torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (1,), generator=g)
+        abar = pipe.scheduler.alphas_cumprod[t].item()
+        return abar / (1 - abar)
+
+    seed = next(s for s in range(1000) if replay(s) > 5.0)
+    snr = replay(seed)
+    with torch.no_grad():
+        plain = ts.unet_step(pipe, latents, captions, torch.Generator().manual_seed(seed))
+        weighted = ts.unet_step(pipe, latents, captions, torch.Generator().manual_seed(seed), snr_gamma=5.0)
+    assert weighted.item() == pytest.approx(plain.item() * 5.0 / snr, rel=1e-5), (seed, snr)
+
+
 def test_scene_batches_are_deterministic():
     a, ca = ts.scene_batch(3, 10, 2, SIZE)
     b, cb = ts.scene_batch(3, 10, 2, SIZE)
