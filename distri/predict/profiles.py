@@ -97,7 +97,8 @@ DEVICES: dict[str, DeviceProfile] = {
     "a100": A100,
     "h100": _from_a100("h100", "NVIDIA H100 SXM5 80GB", 3350.0, "NVIDIA H100 Tensor Core GPU datasheet, 2023"),
     "h200": _from_a100("h200", "NVIDIA H200 SXM 141GB", 4800.0, "NVIDIA H200 Tensor Core GPU datasheet, 2024"),
-    # One core of this project's VM (Intel Xeon with AVX-512, 1 thread per rank as in the CPU benchmark).
+    # One core of this project's VM as it was when calibrated (an Intel Xeon host with AVX-512; the VM has
+    # since also run on an AMD EPYC host with AVX2, about 3x slower), 1 thread per rank as in the CPU benchmark.
     # Peak: 0.2 TFLOP/s float32 (2 x 512-bit FMA units x 16 lanes x 2 FLOPs at a nominal 3 GHz: the VM does
     # not report its clock, and 1.6 GHz, used before, was exceeded by the measured runs); memory: 10
     # GB/s for one thread. No overlap of communication: gloo's threads share the rank's one core. Calibrated per class on the README's operator profile of one single-device call
