@@ -17,7 +17,9 @@ from distri.metrics.shapes import shape_scores
 from distri.metrics.standins import standin_lpips
 from tests.conftest import make_pool
 
-pytestmark = pytest.mark.slow
+# the module's one pool run: 301 s on 2 idle cores of the slower (AMD EPYC) host, where the default 300 s
+# timeout cut it off
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 N = 12
 STEPS = 25
