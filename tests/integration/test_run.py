@@ -63,6 +63,7 @@ def test_single_device_run_writes_records_and_wandb(tmp_path):
     assert "distri:" in p.stdout and "result.json" in p.stdout
 
 
+@pytest.mark.slow  # 27 s on 2 cores
 def test_sweep_of_patch_strategies_with_failures_kept(tmp_path):
     """A 2-rank multirun: displaced patch compared with the single device, plus a job that fails (missing
     weights of the real SDXL) whose failure is recorded without losing the finished job's row."""

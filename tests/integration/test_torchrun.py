@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.test_run import FAST, ROOT
 
 
@@ -49,6 +51,7 @@ def test_rank1_failing_gives_exactly_one_record_written_by_rank0(tmp_path):
     assert wall < 200, f"rank 0 waited for the process-group timeout ({wall:.0f} s)"
 
 
+@pytest.mark.slow  # 27 s on 2 cores
 def test_sweep_under_torchrun_writes_one_record_per_job(tmp_path):
     p, _ = torchrun(["-m", "seed=0,1", "hydra.sweep.dir=outputs/sweep/x"], tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -67,6 +67,9 @@ def _size(pool) -> int:
 STALE_BOUNDS = {"corrected_async_gn": 0.04, "stale_gn": 0.04, "sync_gn": 0.04, "separate_gn": 0.1}
 
 
+# 4 ranks: 42 s on 2 cores, run with the slow tests (.ci/run); 2 ranks in the quick suite
+@pytest.mark.parametrize("pool", [2, pytest.param(4, marks=pytest.mark.slow)], ids=["2ranks", "4ranks"],
+                         indirect=True)  # fmt: skip
 def test_stale_modes_are_bounded_and_ordered(pool):
     kw = dict(kind="sdxl", steps=5, size=_size(pool))
     res = _run(pool, strategy=DISPLACED, params={"warmup_steps": 1}, **kw)

@@ -15,7 +15,8 @@ from tests.conftest import make_pool
 BOUND = 0.02
 
 
-@pytest.fixture(scope="module", params=[2, 4], ids=["2ranks", "4ranks"])
+# 4 ranks: 27 s on 2 cores, run with the slow tests (.ci/run); 2 ranks in the quick suite
+@pytest.fixture(scope="module", params=[2, pytest.param(4, marks=pytest.mark.slow)], ids=["2ranks", "4ranks"])
 def pool(request):
     p = make_pool(request.param)
     yield p

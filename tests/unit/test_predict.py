@@ -165,6 +165,7 @@ def test_cli_table_and_json(capsys):
     )
 
 
+@pytest.mark.slow  # 30 s: two dry runs of the real SDXL's 8-device layouts
 def test_cli_strategy_parameters_do_not_reach_the_baseline(capsys):
     """warmup_steps is displaced patch's: the one-device baseline row still comes, and fewer synchronous
     steps leave less blocking communication (10 steps: 1 + 1 synchronous against 1 + 2)."""
