@@ -127,13 +127,13 @@ def vae_step(vae, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights of epsilon prediction (Hang et al., ICCV 2023): ``min(SNR(t), gamma) /
-    SNR(t)`` with ``SNR(t) = abar_t / (1 - abar_t)``, i.e. the x0-error weight ``SNR(t)`` clamped at
-    ``gamma``, so that the low-noise timesteps weigh less. ``gamma <= 0``: all ones (the plain loss)."""
-    if gamma <= 0:
+    """Min-SNR-gamma weights of the epsilon loss (Hang et al., ICCV 2023): ``min(SNR(t), gamma) / SNR(t)``,
+    ``SNR(t) = abar_t / (1 - abar_t)`` (diffusers' ``compute_snr``); ``gamma`` 0: all ones (the plain loss)."""
+    from diffusers.training_utils import compute_snr
+
+    if not gamma:
         return torch.ones(t.shape)
-    abar = scheduler.alphas_cumprod[t].float()
-    snr = abar / (1 - abar)
+    snr = compute_snr(scheduler, t)
     return snr.clamp(max=gamma) / snr
 
 
@@ -374,6 +374,10 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.decay_steps <= args.unet_steps:
         raise SystemExit(
             f"--decay-steps must be 0 (no decay) .. --unet-steps ({args.unet_steps}), got {args.decay_steps}"
+        )
+    if args.snr_gamma < 0:
+        raise SystemExit(
+            f"--snr-gamma must be 0 (no weighting) or positive (5 is the paper's), got {args.snr_gamma}"
         )
     arch = architecture(args)
     torch.set_num_threads(args.threads)
