@@ -30,8 +30,9 @@ equals a run with ``--unet-steps N``.
    ``--decay-steps N`` a linear decay to zero over the last N steps; the shipped weights used none). The
    weights saved are an exponential moving average (decay 0.999) of the trained ones.
 
-The architecture flags (``--unet-channels``, ``--text-width``, ``--attention-levels``; :func:`shapes_spec`)
-default to the shipped model's; a state file is resumed only with the architecture it was trained with.
+The architecture flags (``--unet-channels``, ``--text-width``, ``--attention-levels``;
+:func:`distri.models.shapes_spec.shapes_spec`) default to the shipped model's; a state file is resumed only with
+the architecture and the recipe (:data:`RECIPE`) it was trained with.
 
 Every ``--save-every`` steps the pipeline is saved with ``save_pretrained`` (safetensors; the UNet in float16
 to keep the shipped weights small) into ``--out``, and the training state into ``--state`` (resumed from
@@ -52,59 +53,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distri.data.shapes import VOCABULARY, make_scene, render
-from distri.models.tiny import components_from_spec, quiet_progress_bars, text_config, tiny_spec
-from distri.models.tokenizer import MERGE_WORDS
+from distri.data.shapes import make_scene, render
+from distri.models.bundled import WEIGHTS_DIR
+from distri.models.shapes_spec import ATTENTION_LEVELS, build_pipeline
+from distri.models.tiny import quiet_progress_bars
 
-DEFAULT_OUT = Path(__file__).parent / "weights" / "shapes_sdxl"
-SEEDS = {"unet": 10, "vae": 11, "text_encoder": 12, "text_encoder_2": 13}
+DEFAULT_OUT = WEIGHTS_DIR / "shapes_sdxl"
 CROP = 64
 """Side of the random crops (aligned to the latent grid) the VAE is trained on: a quarter of the cost."""
-WORDS = tuple(dict.fromkeys((*VOCABULARY, *MERGE_WORDS)))
-"""Words the shapes tokenizer merges into single tokens: the captions' vocabulary first."""
-
-
-ATTENTION_LEVELS = {
-    "sdxl": (["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-             ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]),
-    "all": (["CrossAttnDownBlock2D"] * 3, ["CrossAttnUpBlock2D"] * 3),
-}  # fmt: skip
-"""UNet block types per ``--attention-levels``: SDXL's (no attention at the full latent resolution) or
-cross-attention at every level (words bound to the 16x16 latent grid of a 128 px image, not only to 8x8)."""
-
-
-def shapes_spec(
-    size: int, channels: tuple[int, ...] = (32, 64, 96), text_width: int = 32, attention: str = "sdxl"
-) -> dict[str, Any]:
-    """Config dicts of the shapes_sdxl pipeline at image side ``size`` (latent ``size // 8``): tiny_sdxl's
-    (:func:`distri.models.tiny.tiny_spec`: tokenizers, SDXL conditioning) with a UNet of 3 levels of
-    ``channels``, 4 heads and one layer per block, the blocks of :data:`ATTENTION_LEVELS` ``[attention]``, two
-    CLIP text encoders of width ``text_width`` (3 layers; cross-attention dim ``2 * text_width``, the pooled
-    projection ``text_width`` wide), and a VAE of channels 16/32/64/64 without attention in its middle block
-    (fully convolutional: trained on crops, used on whole images). The defaults are the shipped model's."""
-    spec = tiny_spec("tiny_sdxl")
-    down, up = ATTENTION_LEVELS[attention]
-    spec["text_encoder"] = text_config(text_width, 3, 4, "quick_gelu", text_width)
-    spec["text_encoder_2"] = text_config(text_width, 3, 4, "gelu", text_width)
-    spec["unet"].update(
-        sample_size=size // 8,
-        down_block_types=down,
-        up_block_types=up,
-        block_out_channels=list(channels),
-        layers_per_block=1,
-        attention_head_dim=[4, 4, 4],  # diffusers' historical naming: the number of heads
-        transformer_layers_per_block=[1, 1, 1],
-        cross_attention_dim=2 * text_width,  # both encoders' penultimate states, concatenated
-        projection_class_embeddings_input_dim=6 * spec["unet"]["addition_time_embed_dim"] + text_width,
-    )
-    spec["vae"].update(
-        block_out_channels=[16, 32, 64, 64],
-        norm_num_groups=8,
-        mid_block_add_attention=False,
-        sample_size=size,
-    )
-    spec["scheduler"]["_class_name"] = "DDIMScheduler"
-    return spec
 
 
 def scene_batch(seed: int, start: int, n: int, size: int) -> tuple[torch.Tensor, list[str]]:
@@ -154,14 +110,6 @@ def unet_step(
     pred = pipe.unet(noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
     per_sample = (pred - noise).square().flatten(1).mean(1)
     return (per_sample * min_snr_weight(pipe.scheduler, t, snr_gamma)).mean()
-
-
-def build_pipeline(size: int, workdir: Path, **arch: Any):
-    """The untrained pipeline at ``size``; ``arch``: :func:`shapes_spec`'s architecture keywords."""
-    from diffusers import StableDiffusionXLPipeline
-
-    components = components_from_spec(shapes_spec(size, **arch), workdir, SEEDS, WORDS)
-    return StableDiffusionXLPipeline(**components, add_watermarker=False)
 
 
 def _trainable(pipe) -> torch.nn.ModuleDict:
@@ -367,6 +315,28 @@ def architecture(args: argparse.Namespace) -> dict[str, Any]:
     return {"channels": channels, "text_width": args.text_width, "attention": args.attention_levels}
 
 
+RECIPE = ("seed", "size", "scenes", "batch", "unet_lr", "snr_gamma",
+          "vae_batch", "vae_lr", "decoder_batch", "decoder_lr")  # fmt: skip
+"""Flags a resumed state must have been trained with: they choose its batches, losses and learning rates. The
+step counts may grow (a longer run continues a shorter one), and ``--decay-steps`` and ``--threads`` may change."""
+
+
+def check_resume(state: dict[str, Any], args: argparse.Namespace, arch: dict[str, Any]) -> None:
+    """Record this run's architecture and recipe (:data:`RECIPE`) in a new ``state``; refuse a loaded one that
+    was trained with others (one written before they were recorded counts as trained with the defaults)."""
+    defaults = parse_args([])
+    fresh = not state
+    for key, now, old in (
+        ("architecture", arch, architecture(defaults)),
+        ("recipe", {k: getattr(args, k) for k in RECIPE}, {k: getattr(defaults, k) for k in RECIPE}),
+    ):
+        saved = state.setdefault(key, now if fresh else old)
+        if saved != now:
+            diff = ", ".join(f"{k}={saved.get(k)!r} (now {v!r})" for k, v in now.items() if saved.get(k) != v)
+            raise SystemExit(f"{args.state} was trained with {key} {diff}: give the same flags, or another "
+                             "--state to start afresh")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.size % 32:
@@ -383,11 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     state: dict[str, Any] = torch.load(args.state) if args.state.is_file() else {}
-    # A new state takes this run's architecture; one written before these flags existed has the defaults'.
-    saved = state.setdefault("architecture", architecture(parse_args([])) if state else arch)
-    if saved != arch:
-        raise SystemExit(f"{args.state} was trained with {saved}, not {arch}: give the same architecture flags, "
-                         "or another --state to start afresh")  # fmt: skip
+    check_resume(state, args, arch)
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build_pipeline(args.size, Path(tmp), **arch)
     if "vae" in state:

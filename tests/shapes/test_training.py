@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from distri.models import shapes_spec as spec
 from distri.models import train_shapes as ts
 
 SIZE = 64
@@ -20,7 +21,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    return ts.build_pipeline(SIZE, tmp_path_factory.mktemp("tok"))
+    return spec.build_pipeline(SIZE, tmp_path_factory.mktemp("tok"))
 
 
 def _losses(step_fn, params, n=8):
@@ -121,17 +122,18 @@ def test_lr_factor_warms_up_then_optionally_decays():
 
 def test_architecture_flags_build_that_pipeline_and_a_state_keeps_its_own(tmp_path):
     """``--unet-channels/--text-width/--attention-levels`` reach the built pipeline; the defaults are the
-    shipped model's config; bad values and a state of another architecture are refused before training."""
+    shipped model's config; bad values, and resuming a state of another architecture or recipe, are refused
+    before training."""
     import json
 
     args = ts.parse_args(["--unet-channels", "16,24,32", "--text-width", "8", "--attention-levels", "all"])
-    pipe = ts.build_pipeline(SIZE, tmp_path / "tok", **ts.architecture(args))
+    pipe = spec.build_pipeline(SIZE, tmp_path / "tok", **ts.architecture(args))
     unet = pipe.unet.config
     assert list(unet.block_out_channels) == [16, 24, 32] and unet.cross_attention_dim == 16
     assert list(unet.down_block_types) == ["CrossAttnDownBlock2D"] * 3
     assert pipe.text_encoder.config.hidden_size == pipe.text_encoder_2.config.projection_dim == 8
     shipped = json.loads((ts.DEFAULT_OUT / "unet" / "config.json").read_text())
-    default = ts.shapes_spec(128, **ts.architecture(ts.parse_args([])))["unet"]
+    default = spec.shapes_spec(128, **ts.architecture(ts.parse_args([])))["unet"]
     assert all(shipped[k] == v for k, v in default.items()), "the defaults must build the shipped model"
     for bad in (["--unet-channels", "32,64"], ["--unet-channels", "32,60,96"], ["--text-width", "30"]):
         with pytest.raises(SystemExit, match="--unet-channels"):
@@ -144,6 +146,11 @@ def test_architecture_flags_build_that_pipeline_and_a_state_keeps_its_own(tmp_pa
     ts.main(run + flags)
     saved = json.loads((tmp_path / "out" / "unet" / "config.json").read_text())
     assert saved["block_out_channels"] == [16, 24, 32] and saved["cross_attention_dim"] == 16
-    with pytest.raises(SystemExit, match="was trained with"):
+    with pytest.raises(SystemExit, match="was trained with architecture"):
         ts.main(run)
-    ts.main(run + flags)
+    # The recipe too: another loss weighting or batch is refused, naming it; more steps continue the state.
+    for changed, name in ((["--snr-gamma", "5"], "snr_gamma=0.0"), (["--batch", "3"], "batch=2")):
+        with pytest.raises(SystemExit, match=f"was trained with recipe {name}"):
+            ts.main(run + flags + changed)
+    ts.main(run + flags + ["--unet-steps", "2", "--decay-steps", "1"])
+    assert torch.load(tmp_path / "state.pt")["unet_step"] == 2
