@@ -131,7 +131,8 @@ def size_threshold(kind: str) -> float:
     return AREA_FACTOR[kind] * r * r
 
 
-def _relation_holds(a: Found, b: Found, rel: str) -> bool:
+def relation_holds(a: Found, b: Found, rel: str) -> bool:
+    """Whether object ``a`` lies on the side ``rel`` ("left of", "right of", "above", "below") of ``b``."""
     return {
         "left of": a.x < b.x,
         "right of": a.x > b.x,
@@ -153,7 +154,7 @@ def attribute_hits(
         hits.append(("size", f is not None and large == (size == "large")))
     for (_, ca, ka), rel, (_, cb, kb) in zip(d.objects, d.relations, d.objects[1:]):
         a, b = found.get((ca, ka)), found.get((cb, kb))
-        hits.append(("relation", a is not None and b is not None and _relation_holds(a, b, rel)))
+        hits.append(("relation", a is not None and b is not None and relation_holds(a, b, rel)))
     hits.append(("background", background == d.background))
     return hits
 
