@@ -39,6 +39,8 @@ MIN_CELLS = 2
 """Cells of the 16x16 map an object class must cover to count as found (a small triangle covers ~4 to 7)."""
 AREA_FACTOR = {"circle": math.pi, "square": 4.0, "triangle": 2.0}
 """Area of a shape of radius 1 (circle; square of half-side 1; triangle inscribed in that square)."""
+ATTRIBUTE_TYPES = ("object", "size", "relation", "background")
+"""The attribute types of :func:`attribute_hits`, each reported as ``shape_accuracy_<type>``."""
 FEATURES = 64
 CLASSIFIER = "shape classifier (distri.metrics.shapes, trained on distri.data.shapes)"
 
@@ -197,7 +199,7 @@ def shape_scores(
     hits = _image_hits(images, captions, batch_size)
     flat = [h for image in hits for h in image]
     out: dict[str, float | int] = {"shape_accuracy": sum(h for _, h in flat) / len(flat)}
-    for kind in ("object", "size", "relation", "background"):
+    for kind in ATTRIBUTE_TYPES:
         of_kind = [h for k, h in flat if k == kind]
         if of_kind:
             out[f"shape_accuracy_{kind}"] = sum(of_kind) / len(of_kind)

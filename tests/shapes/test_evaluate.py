@@ -35,3 +35,5 @@ def test_command_on_the_shipped_model(capsys):
     assert "held-out captions" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a pipeline folder"):
         main(["--model", "/nonexistent"])
+    with pytest.raises(SystemExit, match="--captions, --steps and --threads must be at least 1"):
+        main(["--captions", "0"])
