@@ -30,6 +30,9 @@ equals a run with ``--unet-steps N``.
    ``--decay-steps N`` a linear decay to zero over the last N steps; the shipped weights used none). The
    weights saved are an exponential moving average (decay 0.999) of the trained ones.
 
+``--vae-from DIR`` replaces phases 1 and 2 by the VAE of a pipeline folder written by this script (its weights
+and scaling factor), so that a UNet recipe is tried, or the shipped UNet retrained, on a VAE already trained.
+
 The architecture flags (``--unet-channels``, ``--text-width``, ``--attention-levels``;
 :func:`distri.models.shapes_spec.shapes_spec`) default to the shipped model's; a state file is resumed only with
 the architecture and the recipe (:data:`RECIPE`) it was trained with.
@@ -251,9 +254,26 @@ def train_unet(pipe, args, state: dict[str, Any]) -> None:
             ema.restore(modules.parameters())
 
 
+def reuse_vae(pipe, folder: Path) -> None:
+    """Phases 1 and 2 replaced: the VAE (weights and scaling factor) of the pipeline folder ``folder``."""
+    from diffusers import AutoencoderKL
+
+    if not (folder / "vae" / "config.json").is_file():
+        raise SystemExit(f"--vae-from {folder}: no vae/config.json there; give a pipeline folder written by "
+                         f"this script (e.g. {DEFAULT_OUT})")  # fmt: skip
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    try:
+        pipe.vae.load_state_dict(vae.state_dict())
+    except RuntimeError as e:
+        raise SystemExit(f"--vae-from {folder}: its VAE is not this script's architecture ({e})") from None
+    pipe.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
+    pipe.vae.eval().requires_grad_(False)
+
+
 def save_pipeline(pipe, out: Path, step: int, args: argparse.Namespace) -> None:
     """Save the pipeline (UNet in float16, the rest float32) with ``save_pretrained`` into ``out``, and in
-    ``training.json`` the steps of the UNet and decoder phases and the UNet's loss weighting."""
+    ``training.json`` the steps of the UNet and decoder phases, the UNet's loss weighting and, with
+    ``--vae-from``, the folder the VAE came from (its decoder steps are then that folder's)."""
     pipe.unet.to(torch.float16)
     try:
         with quiet_progress_bars():
@@ -261,6 +281,10 @@ def save_pipeline(pipe, out: Path, step: int, args: argparse.Namespace) -> None:
     finally:
         pipe.unet.to(torch.float32)
     recipe = {"unet_step": step, "decoder_step": args.decoder_steps, "snr_gamma": args.snr_gamma}
+    if args.vae_from:
+        source = args.vae_from / "training.json"
+        before = json.loads(source.read_text()) if source.is_file() else {}
+        recipe.update(decoder_step=before.get("decoder_step"), vae_from=str(args.vae_from))
     (out / "training.json").write_text(json.dumps(recipe) + "\n")
 
 
@@ -284,6 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attention-levels", choices=sorted(ATTENTION_LEVELS), default="sdxl",
                    help="sdxl: cross-attention below the first level, as SDXL; all: at every level")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see the module doc)")
+    p.add_argument("--vae-from", type=Path,
+                   help="pipeline folder whose VAE replaces phases 1 and 2 (--vae-*/--decoder-* then unused)")  # fmt: skip
     p.add_argument("--vae-steps", type=int, default=500)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=1e-3)
@@ -316,7 +342,7 @@ def architecture(args: argparse.Namespace) -> dict[str, Any]:
 
 
 RECIPE = ("seed", "size", "scenes", "batch", "unet_lr", "snr_gamma",
-          "vae_batch", "vae_lr", "decoder_batch", "decoder_lr")  # fmt: skip
+          "vae_from", "vae_batch", "vae_lr", "decoder_batch", "decoder_lr")  # fmt: skip
 """Flags a resumed state must have been trained with: they choose its batches, losses and learning rates. The
 step counts may grow (a longer run continues a shorter one), and ``--decay-steps`` and ``--threads`` may change."""
 
@@ -350,17 +376,22 @@ def main(argv: list[str] | None = None) -> None:
             f"--snr-gamma must be 0 (no weighting) or positive (5 is the paper's), got {args.snr_gamma}"
         )
     arch = architecture(args)
+    if args.vae_from:
+        args.vae_from = args.vae_from.resolve()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     state: dict[str, Any] = torch.load(args.state) if args.state.is_file() else {}
     check_resume(state, args, arch)
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build_pipeline(args.size, Path(tmp), **arch)
-    if "vae" in state:
-        pipe.vae.load_state_dict(state["vae"])
     t0 = time.perf_counter()
-    train_vae(pipe, args, state)
-    train_decoder(pipe, args, state)
+    if args.vae_from:
+        reuse_vae(pipe, args.vae_from)
+    else:
+        if "vae" in state:
+            pipe.vae.load_state_dict(state["vae"])
+        train_vae(pipe, args, state)
+        train_decoder(pipe, args, state)
     train_unet(pipe, args, state)
     print(f"done in {time.perf_counter() - t0:.0f} s; pipeline saved in {args.out}")
 

@@ -8,6 +8,7 @@ each phase must be finite and fall (the decoder phase: six steps on two scenes, 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -124,8 +125,6 @@ def test_architecture_flags_build_that_pipeline_and_a_state_keeps_its_own(tmp_pa
     """``--unet-channels/--text-width/--attention-levels`` reach the built pipeline; the defaults are the
     shipped model's config; bad values, and resuming a state of another architecture or recipe, are refused
     before training."""
-    import json
-
     args = ts.parse_args(["--unet-channels", "16,24,32", "--text-width", "8", "--attention-levels", "all"])
     pipe = spec.build_pipeline(SIZE, tmp_path / "tok", **ts.architecture(args))
     unet = pipe.unet.config
@@ -154,3 +153,33 @@ def test_architecture_flags_build_that_pipeline_and_a_state_keeps_its_own(tmp_pa
             ts.main(run + flags + changed)
     ts.main(run + flags + ["--unet-steps", "2", "--decay-steps", "1"])
     assert torch.load(tmp_path / "state.pt")["unet_step"] == 2
+
+
+def test_vae_from_takes_a_trained_vae_instead_of_phases_1_and_2(tmp_path):
+    """``--vae-from DIR``: the new pipeline's VAE is that folder's (weights and scaling factor), its
+    training.json says so, a state trained on another VAE is refused, and a folder without a VAE is refused."""
+    from diffusers import AutoencoderKL
+
+    run = ["--size", str(SIZE), "--unet-steps", "1", "--batch", "2", "--scenes", "4", "--save-every", "1",
+           "--unet-channels", "16,24,32", "--text-width", "8"]  # fmt: skip
+    first = ["--state", str(tmp_path / "a.pt"), "--out", str(tmp_path / "a"), "--vae-steps", "1",
+             "--vae-batch", "2", "--decoder-steps", "1", "--decoder-batch", "1"]  # fmt: skip
+    ts.main(run + first)
+    second = [
+        "--state",
+        str(tmp_path / "b.pt"),
+        "--out",
+        str(tmp_path / "b"),
+        "--vae-from",
+        str(tmp_path / "a"),
+    ]
+    ts.main(run + second)
+    a, b = (AutoencoderKL.from_pretrained(tmp_path / d / "vae") for d in "ab")
+    assert a.config.scaling_factor == b.config.scaling_factor
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    saved = json.loads((tmp_path / "b" / "training.json").read_text())
+    assert saved["vae_from"] == str((tmp_path / "a").resolve()) and saved["decoder_step"] == 1
+    with pytest.raises(SystemExit, match="was trained with recipe vae_from=None"):
+        ts.main(run + first[:4] + ["--vae-from", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="no vae/config.json"):
+        ts.main(run + ["--state", str(tmp_path / "c.pt"), "--vae-from", str(tmp_path)])
