@@ -1,6 +1,7 @@
 """Where a shapes model's images go wrong: shape accuracy on held-out captions, broken down.
 
-``python experiments/shapes_model/evaluate.py [--model DIR] [--captions 48] [--steps 25] [--guidance 5]``
+``python experiments/shapes_model/evaluate.py [--model DIR] [--captions 48] [--steps 25] [--guidance 5]
+[--grid FILE.png]``
 
 Generates one single-device image per held-out caption (``prompts=shapes``' captions, prompt ``i`` with seed
 ``seed + i``, the runner's CPU noise: :func:`distri.generate.generate`) with the shipped ``shapes_sdxl`` or a
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--grid", type=Path, help="also save the images, 8 to a row in caption order, to this PNG")
     args = p.parse_args(argv)
     if min(args.captions, args.steps, args.threads) < 1 or args.size % 8:
         raise SystemExit("--captions, --steps and --threads must be at least 1 and --size a multiple of 8 (the "
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         generate(pipe, c, args.seed + i, args.steps, args.guidance, args.size, args.size)
         for i, c in enumerate(captions)
     ])  # fmt: skip
+    if args.grid:
+        from torchvision.utils import save_image
+
+        save_image(images, args.grid, nrow=8, padding=2, pad_value=1.0)
     rows = [
         r
         for (found, bg), c in zip(predict(load_classifier(), images), captions)

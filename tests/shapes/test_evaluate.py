@@ -4,6 +4,7 @@ readings, and a two-caption run of the command on the shipped model."""
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from distri.metrics.shapes import Found
 from experiments.shapes_model.evaluate import breakdown, main, tally
@@ -29,8 +30,9 @@ def test_breakdown_counts_sizes_kinds_colours_and_relations_of_found_pairs():
     assert t["background"]["fraction"] == 0 and t["object"]["fraction"] == 1
 
 
-def test_command_on_the_shipped_model(capsys):
-    table = main(["--captions", "2", "--steps", "2", "--threads", "1"])
+def test_command_on_the_shipped_model(capsys, tmp_path):
+    table = main(["--captions", "2", "--steps", "2", "--threads", "1", "--grid", str(tmp_path / "g.png")])
+    assert Image.open(tmp_path / "g.png").size == (2 + 2 * (128 + 2), 128 + 4)  # 2 images, 2 px padding
     assert table["all"]["n"] == sum(table[k]["n"] for k in ("object", "size", "relation", "background"))
     assert "held-out captions" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a pipeline folder"):
