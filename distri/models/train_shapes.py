@@ -347,6 +347,12 @@ RECIPE = ("seed", "size", "scenes", "batch", "unet_lr", "snr_gamma",
 step counts may grow (a longer run continues a shorter one), and ``--decay-steps`` and ``--threads`` may change."""
 
 
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The :data:`RECIPE` flags of ``args`` as plain values (a path as a string: the state file is read back
+    with ``torch.load``'s ``weights_only``, which refuses other classes)."""
+    return {k: str(v) if isinstance(v, Path) else v for k in RECIPE for v in [getattr(args, k)]}
+
+
 def check_resume(state: dict[str, Any], args: argparse.Namespace, arch: dict[str, Any]) -> None:
     """Record this run's architecture and recipe (:data:`RECIPE`) in a new ``state``; refuse a loaded one that
     was trained with others (one written before they were recorded counts as trained with the defaults)."""
@@ -354,7 +360,7 @@ def check_resume(state: dict[str, Any], args: argparse.Namespace, arch: dict[str
     fresh = not state
     for key, now, old in (
         ("architecture", arch, architecture(defaults)),
-        ("recipe", {k: getattr(args, k) for k in RECIPE}, {k: getattr(defaults, k) for k in RECIPE}),
+        ("recipe", _recipe(args), _recipe(defaults)),
     ):
         saved = state.setdefault(key, now if fresh else old)
         if saved != now:

@@ -179,6 +179,8 @@ def test_vae_from_takes_a_trained_vae_instead_of_phases_1_and_2(tmp_path):
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     saved = json.loads((tmp_path / "b" / "training.json").read_text())
     assert saved["vae_from"] == str((tmp_path / "a").resolve()) and saved["decoder_step"] == 1
+    ts.main(run + second + ["--unet-steps", "2"])  # its state resumes (read back with weights_only)
+    assert torch.load(tmp_path / "b.pt")["unet_step"] == 2
     with pytest.raises(SystemExit, match="was trained with recipe vae_from=None"):
         ts.main(run + first[:4] + ["--vae-from", str(tmp_path / "a")])
     with pytest.raises(SystemExit, match="no vae/config.json"):
