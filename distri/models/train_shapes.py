@@ -254,13 +254,11 @@ def train_unet(pipe, args, state: dict[str, Any]) -> None:
             ema.restore(modules.parameters())
 
 
-def reuse_vae(pipe, folder: Path) -> None:
-    """Phases 1 and 2 replaced: the VAE (weights and scaling factor) of the pipeline folder ``folder``."""
+def reuse_vae(pipe, folder: Path) -> int | None:
+    """Phases 1 and 2 replaced: the VAE (weights and scaling factor) of the pipeline folder ``folder``; returns
+    the decoder steps its ``training.json`` records (None without one)."""
     from diffusers import AutoencoderKL
 
-    if not (folder / "vae" / "config.json").is_file():
-        raise SystemExit(f"--vae-from {folder}: no vae/config.json there; give a pipeline folder written by "
-                         f"this script (e.g. {DEFAULT_OUT})")  # fmt: skip
     vae = AutoencoderKL.from_pretrained(folder / "vae")
     try:
         pipe.vae.load_state_dict(vae.state_dict())
@@ -268,6 +266,8 @@ def reuse_vae(pipe, folder: Path) -> None:
         raise SystemExit(f"--vae-from {folder}: its VAE is not this script's architecture ({e})") from None
     pipe.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
     pipe.vae.eval().requires_grad_(False)
+    record = folder / "training.json"
+    return json.loads(record.read_text()).get("decoder_step") if record.is_file() else None
 
 
 def save_pipeline(pipe, out: Path, step: int, args: argparse.Namespace) -> None:
@@ -282,9 +282,7 @@ def save_pipeline(pipe, out: Path, step: int, args: argparse.Namespace) -> None:
         pipe.unet.to(torch.float32)
     recipe = {"unet_step": step, "decoder_step": args.decoder_steps, "snr_gamma": args.snr_gamma}
     if args.vae_from:
-        source = args.vae_from / "training.json"
-        before = json.loads(source.read_text()) if source.is_file() else {}
-        recipe.update(decoder_step=before.get("decoder_step"), vae_from=str(args.vae_from))
+        recipe["vae_from"] = str(args.vae_from)
     (out / "training.json").write_text(json.dumps(recipe) + "\n")
 
 
@@ -384,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     arch = architecture(args)
     if args.vae_from:
         args.vae_from = args.vae_from.resolve()
+        if not (args.vae_from / "vae" / "config.json").is_file():
+            raise SystemExit(f"--vae-from {args.vae_from}: no vae/config.json there; give a pipeline folder "
+                             f"written by this script (e.g. {DEFAULT_OUT})")  # fmt: skip
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     state: dict[str, Any] = torch.load(args.state) if args.state.is_file() else {}
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe = build_pipeline(args.size, Path(tmp), **arch)
     t0 = time.perf_counter()
     if args.vae_from:
-        reuse_vae(pipe, args.vae_from)
+        args.decoder_steps = reuse_vae(pipe, args.vae_from)  # what training.json then records
     else:
         if "vae" in state:
             pipe.vae.load_state_dict(state["vae"])
