@@ -25,10 +25,11 @@ equals a run with ``--unet-steps N``.
    is dropped with probability 0.1: its embeddings are set to zero, which is what the SDXL pipeline uses for
    the unconditional branch of classifier-free guidance (``force_zeros_for_empty_prompt``). The latents of
    a fixed set of ``--scenes`` scenes are encoded once (posterior mean and std; a latent is sampled from it
-   per step). ``--snr-gamma G`` weights each sample's loss by min-SNR-G (:func:`min_snr_weight`; the shipped
-   weights used none). AdamW at ``--unet-lr`` (:func:`lr_factor`: linear warm-up over 200 steps; with
-   ``--decay-steps N`` a linear decay to zero over the last N steps; the shipped weights used none). The
-   weights saved are an exponential moving average (decay 0.999) of the trained ones.
+   per step). ``--snr-gamma G`` weights each sample's loss by min-SNR-G (:func:`min_snr_weight`; default 5, 0
+   for the plain loss). AdamW at ``--unet-lr`` (:func:`lr_factor`: linear warm-up over 200 steps; with
+   ``--decay-steps N`` a linear decay to zero over the last N steps). The weights saved are an exponential
+   moving average (decay 0.999) of the trained ones; the flags of the shipped weights are in their
+   ``training.json`` and the README.
 
 ``--vae-from DIR`` replaces phases 1 and 2 by the VAE of a pipeline folder written by this script (its weights
 and scaling factor), so that a UNet recipe is tried, or the shipped UNet retrained, on a VAE already trained.
@@ -51,38 +52,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from distri.data.shapes import make_scene, render
 from distri.models.bundled import WEIGHTS_DIR
 from distri.models.shapes_spec import ATTENTION_LEVELS, build_pipeline
 from distri.models.tiny import quiet_progress_bars
+from distri.models.train_shapes_vae import (
+    phase_generator,
+    reuse_vae,
+    save_state,
+    scene_batch,
+    train_decoder,
+    train_vae,
+)
 
 DEFAULT_OUT = WEIGHTS_DIR / "shapes_sdxl"
-CROP = 64
-"""Side of the random crops (aligned to the latent grid) the VAE is trained on: a quarter of the cost."""
-
-
-def scene_batch(seed: int, start: int, n: int, size: int) -> tuple[torch.Tensor, list[str]]:
-    """Scenes ``start .. start + n - 1`` of stream ``seed``: images in [-1, 1] (n, 3, size, size), captions."""
-    scenes = [make_scene(seed, i) for i in range(start, start + n)]
-    images = np.stack([np.asarray(render(s, size)[0]) for s in scenes])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x, [s.caption for s in scenes]
-
-
-def _generator(seed: int, phase: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + phase * 100_003 + step)
-
-
-def vae_step(vae, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Loss of one VAE step: reconstruction MSE + 1e-6 * KL(posterior || N(0, 1)) per element."""
-    posterior = vae.encode(x).latent_dist
-    recon = vae.decode(posterior.sample(generator=gen)).sample
-    return F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean() / x[0].numel()
 
 
 def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -134,81 +119,6 @@ def encode_scenes(pipe, args) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return torch.cat(means), torch.cat(stds), captions
 
 
-def _optimise(desc: str, opt, start: int, steps: int, save_every: int, loss_at, checkpoint) -> None:
-    """Steps ``start .. steps - 1`` of a plain phase (the VAE's, the decoder's): ``loss_at(step)``, one
-    optimiser step, a tqdm bar; ``checkpoint(steps done)`` every ``save_every`` steps and at the end."""
-    bar = tqdm(range(start, steps), desc=desc, mininterval=10)
-    for step in bar:
-        loss = loss_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            checkpoint(step + 1)
-
-
-def train_vae(pipe, args, state: dict[str, Any]) -> None:
-    vae = pipe.vae
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    if "vae_opt" in state:
-        opt.load_state_dict(state["vae_opt"])
-    vae.train()
-
-    def loss_at(step: int) -> torch.Tensor:
-        x, _ = scene_batch(args.seed, step * args.vae_batch, args.vae_batch, args.size)
-        gen = _generator(args.seed, 1, step)
-        top, left = (8 * int(v) for v in torch.randint(0, (args.size - CROP) // 8 + 1, (2,), generator=gen))
-        return vae_step(vae, x[:, :, top : top + CROP, left : left + CROP], gen)
-
-    def checkpoint(done: int) -> None:
-        state.update(vae_step=done, vae_opt=opt.state_dict(), vae=vae.state_dict())
-        _save_state(state, args.state)
-
-    _optimise("vae", opt, state.get("vae_step", 0), args.vae_steps, args.save_every, loss_at, checkpoint)
-    vae.eval().requires_grad_(False)
-    if "scaling_factor" not in state:
-        with torch.no_grad():  # held batch: scenes of another stream
-            x, _ = scene_batch(args.seed + 1, 0, 256, args.size)
-            std = vae.encode(x).latent_dist.mean.std().item()
-        state["scaling_factor"] = 1.0 / std
-    vae.register_to_config(scaling_factor=state["scaling_factor"])
-
-
-def decoder_step(vae, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Loss of one decoder fine-tuning step: reconstruction MSE of whole images from latents sampled from the
-    frozen encoder's posterior (the latents the UNet learns to produce)."""
-    with torch.no_grad():
-        z = vae.encode(x).latent_dist.sample(generator=gen)
-    return F.mse_loss(vae.decode(z).sample, x)
-
-
-def train_decoder(pipe, args, state: dict[str, Any]) -> None:
-    """Fine-tune the VAE's decoder (and ``post_quant_conv``) on whole images with the encoder frozen, as
-    Stable Diffusion's ft-MSE decoders were: the latent space, and so the UNet phase, is unchanged."""
-    vae = pipe.vae
-    if "decoder" in state:
-        vae.load_state_dict(state["decoder"])
-    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
-    if "decoder_opt" in state:
-        opt.load_state_dict(state["decoder_opt"])
-    vae.decoder.train().requires_grad_(True)
-    vae.post_quant_conv.requires_grad_(True)
-
-    def loss_at(step: int) -> torch.Tensor:
-        x, _ = scene_batch(args.seed + 2, step * args.decoder_batch, args.decoder_batch, args.size)
-        return decoder_step(vae, x, _generator(args.seed, 3, step))
-
-    def checkpoint(done: int) -> None:
-        state.update(decoder_step=done, decoder_opt=opt.state_dict(), decoder=vae.state_dict())
-        _save_state(state, args.state)
-
-    start = state.get("decoder_step", 0)
-    _optimise("decoder", opt, start, args.decoder_steps, args.save_every, loss_at, checkpoint)
-    vae.eval().requires_grad_(False)
-
-
 def lr_factor(step: int, steps: int, decay_steps: int) -> float:
     """The UNet phase's learning rate at ``step`` as a fraction of ``--unet-lr``: a linear warm-up over the
     first 200 steps, then constant, then a linear decay to zero over the last ``decay_steps`` of ``steps``."""
@@ -232,7 +142,7 @@ def train_unet(pipe, args, state: dict[str, Any]) -> None:
     modules.train()
     bar = tqdm(range(start, args.unet_steps), desc="unet", mininterval=10)
     for step in bar:
-        gen = _generator(args.seed, 2, step)
+        gen = phase_generator(args.seed, 2, step)
         idx = [(step * args.batch + i) % args.scenes for i in range(args.batch)]
         latents = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
         loss = unet_step(pipe, latents, [captions[i] for i in idx], gen, args.snr_gamma)
@@ -247,33 +157,18 @@ def train_unet(pipe, args, state: dict[str, Any]) -> None:
         if (step + 1) % args.save_every == 0 or step + 1 == args.unet_steps:
             state.update(unet_step=step + 1, unet_modules=modules.state_dict())
             state.update(unet_opt=opt.state_dict(), ema=ema.state_dict())
-            _save_state(state, args.state)
+            save_state(state, args.state)
             ema.store(modules.parameters())
             ema.copy_to(modules.parameters())
             save_pipeline(pipe, args.out, step + 1, args)
             ema.restore(modules.parameters())
 
 
-def reuse_vae(pipe, folder: Path) -> int | None:
-    """Phases 1 and 2 replaced: the VAE (weights and scaling factor) of the pipeline folder ``folder``; returns
-    the decoder steps its ``training.json`` records (None without one)."""
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(folder / "vae")
-    try:
-        pipe.vae.load_state_dict(vae.state_dict())
-    except RuntimeError as e:
-        raise SystemExit(f"--vae-from {folder}: its VAE is not this script's architecture ({e})") from None
-    pipe.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
-    pipe.vae.eval().requires_grad_(False)
-    record = folder / "training.json"
-    return json.loads(record.read_text()).get("decoder_step") if record.is_file() else None
-
-
 def save_pipeline(pipe, out: Path, step: int, args: argparse.Namespace) -> None:
     """Save the pipeline (UNet in float16, the rest float32) with ``save_pretrained`` into ``out``, and in
-    ``training.json`` the steps of the UNet and decoder phases, the UNet's loss weighting and, with
-    ``--vae-from``, the folder the VAE came from (its decoder steps are then that folder's)."""
+    ``training.json`` the steps of the UNet and decoder phases, the UNet's loss weighting, with
+    ``--decay-steps`` the decay and the UNet steps it ends at, and with ``--vae-from`` the folder the VAE came
+    from (its decoder steps are then that folder's)."""
     pipe.unet.to(torch.float16)
     try:
         with quiet_progress_bars():
@@ -281,16 +176,11 @@ def save_pipeline(pipe, out: Path, step: int, args: argparse.Namespace) -> None:
     finally:
         pipe.unet.to(torch.float32)
     recipe = {"unet_step": step, "decoder_step": args.decoder_steps, "snr_gamma": args.snr_gamma}
+    if args.decay_steps:
+        recipe.update(decay_steps=args.decay_steps, unet_steps=args.unet_steps)
     if args.vae_from:
         recipe["vae_from"] = str(args.vae_from)
     (out / "training.json").write_text(json.dumps(recipe) + "\n")
-
-
-def _save_state(state: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -318,8 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decay-steps", type=int, default=0, help="UNet LR decays to 0 over the last N steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=5e-4)
-    p.add_argument("--snr-gamma", type=float, default=0.0,
-                   help="min-SNR-gamma loss weighting of the UNet phase (5 is the paper's); 0: none (shipped)")  # fmt: skip
+    p.add_argument("--snr-gamma", type=float, default=5.0,
+                   help="min-SNR-gamma loss weighting of the UNet phase (5: the paper's and the shipped); 0: none")  # fmt: skip
     p.add_argument("--scenes", type=int, default=16384, help="training scenes encoded for the UNet phase")
     p.add_argument("--save-every", type=int, default=250)
     return p.parse_args(argv)
@@ -358,7 +248,7 @@ def check_resume(state: dict[str, Any], args: argparse.Namespace, arch: dict[str
     fresh = not state
     for key, now, old in (
         ("architecture", arch, architecture(defaults)),
-        ("recipe", _recipe(args), _recipe(defaults)),
+        ("recipe", _recipe(args), _recipe(defaults) | {"snr_gamma": 0.0}),  # older states: the plain loss
     ):
         saved = state.setdefault(key, now if fresh else old)
         if saved != now:

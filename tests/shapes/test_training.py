@@ -16,6 +16,7 @@ import torch
 
 from distri.models import shapes_spec as spec
 from distri.models import train_shapes as ts
+from distri.models import train_shapes_vae as tv
 
 SIZE = 64
 
@@ -38,8 +39,8 @@ def _losses(step_fn, params, n=8):
 
 
 def test_vae_phase_loss_is_finite_and_falls(pipe):
-    x, _ = ts.scene_batch(0, 0, 4, SIZE)
-    losses = _losses(lambda g: ts.vae_step(pipe.vae, x, g), pipe.vae.parameters())
+    x, _ = tv.scene_batch(0, 0, 4, SIZE)
+    losses = _losses(lambda g: tv.vae_step(pipe.vae, x, g), pipe.vae.parameters())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.9 * losses[0], losses
 
@@ -48,18 +49,18 @@ def test_decoder_phase_trains_the_decoder_only(pipe, tmp_path):
     """Phase 2 lowers the reconstruction loss and leaves the encoder (the latent space) as it was."""
     args = ts.parse_args(["--size", str(SIZE), "--decoder-steps", "6", "--decoder-batch", "2",
                           "--decoder-lr", "1e-3", "--state", str(tmp_path / "state.pt")])  # fmt: skip
-    x, _ = ts.scene_batch(args.seed + 2, 0, 2, SIZE)
+    x, _ = tv.scene_batch(args.seed + 2, 0, 2, SIZE)
     encoder = {k: v.clone() for k, v in pipe.vae.encoder.state_dict().items()}
-    before = ts.decoder_step(pipe.vae, x, torch.Generator().manual_seed(0)).item()
-    ts.train_decoder(pipe, args, {})
-    after = ts.decoder_step(pipe.vae, x, torch.Generator().manual_seed(0)).item()
+    before = tv.decoder_step(pipe.vae, x, torch.Generator().manual_seed(0)).item()
+    tv.train_decoder(pipe, args, {})
+    after = tv.decoder_step(pipe.vae, x, torch.Generator().manual_seed(0)).item()
     print(f"decoder loss {before:.4f} -> {after:.4f}")
     assert math.isfinite(after) and after < 0.9 * before, (before, after)
     assert all(torch.equal(v, pipe.vae.encoder.state_dict()[k]) for k, v in encoder.items())
 
 
 def test_unet_phase_loss_is_finite_and_falls(pipe):
-    x, captions = ts.scene_batch(0, 0, 4, SIZE)
+    x, captions = tv.scene_batch(0, 0, 4, SIZE)
     with torch.no_grad():
         latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
     params = ts._trainable(pipe).parameters()
@@ -85,7 +86,7 @@ def test_unet_step_weights_each_sample_by_its_timestep(pipe):
     """One sample: the min-SNR loss is the plain loss times the weight at the timestep the step drew (the
     draws replayed here in the step's order: caption dropout, noise, timestep), for a seed whose timestep
     has SNR > gamma (so that the weight is not 1)."""
-    x, captions = ts.scene_batch(0, 0, 1, SIZE)
+    x, captions = tv.scene_batch(0, 0, 1, SIZE)
     with torch.no_grad():
         latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
 
@@ -105,8 +106,8 @@ def test_unet_step_weights_each_sample_by_its_timestep(pipe):
 
 
 def test_scene_batches_are_deterministic():
-    a, ca = ts.scene_batch(3, 10, 2, SIZE)
-    b, cb = ts.scene_batch(3, 10, 2, SIZE)
+    a, ca = tv.scene_batch(3, 10, 2, SIZE)
+    b, cb = tv.scene_batch(3, 10, 2, SIZE)
     assert torch.equal(a, b) and ca == cb and a.shape == (2, 3, SIZE, SIZE)
     assert a.min() >= -1 and a.max() <= 1
 
@@ -148,11 +149,13 @@ def test_architecture_flags_build_that_pipeline_and_a_state_keeps_its_own(tmp_pa
     with pytest.raises(SystemExit, match="was trained with architecture"):
         ts.main(run)
     # The recipe too: another loss weighting or batch is refused, naming it; more steps continue the state.
-    for changed, name in ((["--snr-gamma", "5"], "snr_gamma=0.0"), (["--batch", "3"], "batch=2")):
+    for changed, name in ((["--snr-gamma", "0"], "snr_gamma=5.0"), (["--batch", "3"], "batch=2")):
         with pytest.raises(SystemExit, match=f"was trained with recipe {name}"):
             ts.main(run + flags + changed)
     ts.main(run + flags + ["--unet-steps", "2", "--decay-steps", "1"])
     assert torch.load(tmp_path / "state.pt")["unet_step"] == 2
+    record = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert record == {"unet_step": 2, "decoder_step": 1, "snr_gamma": 5.0, "decay_steps": 1, "unet_steps": 2}
 
 
 def test_vae_from_takes_a_trained_vae_instead_of_phases_1_and_2(tmp_path):
