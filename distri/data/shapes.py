@@ -38,7 +38,7 @@ BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
     "black": ((15, 15, 15), (15, 15, 15)),
     "gradient": ((235, 235, 235), (60, 60, 60)),
 }
-SIZES: dict[str, tuple[float, float]] = {"small": (0.09, 0.12), "large": (0.17, 0.22)}
+SIZES: dict[str, tuple[float, float]] = {"small": (0.13, 0.16), "large": (0.22, 0.27)}
 """Object radius (half the side of its bounding box) as a fraction of the image side: (min, max)."""
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 CLASSES: tuple[tuple[str, str], ...] = tuple((c, k) for c in COLOURS for k in KINDS)
@@ -60,7 +60,7 @@ VOCABULARY: tuple[str, ...] = (
 """Every word a caption uses (the shapes tokenizer merges each into one token)."""
 
 _MIN_OFFSET = 0.12  # consecutive objects' centres differ by at least this (fraction of the side) on one axis
-_MAX_OVERLAP = 0.5  # ... and by at least this fraction of the sum of their radii in distance
+_MAX_OVERLAP = 0.8  # ... and by at least this fraction of the sum of their radii in distance
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def test_objects_cross_the_row_borders_of_a_4_way_split():
         mask = render(make_scene(0, i), 128)[1]
         rows = [(mask[32 * k - 1] > 0) & (mask[32 * k] == mask[32 * k - 1]) for k in (1, 2, 3)]
         crossing += any(r.any() for r in rows)
-    assert crossing > 150  # measured: 190 of 200
+    assert crossing > 150  # measured: 199 of 200
 
 
 def test_parse_caption_refuses_other_text():
