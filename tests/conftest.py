@@ -38,10 +38,10 @@ def cfg_of():
         yield f
 
 
-def make_pool(world_size: int):
+def make_pool(world_size: int, timeout_s: float = 300):
     from distri.launch import WorkerPool
 
-    return WorkerPool(world_size, device="cpu", threads=1, timeout_s=300)
+    return WorkerPool(world_size, device="cpu", threads=1, timeout_s=timeout_s)
 
 
 @pytest.fixture(scope="session")

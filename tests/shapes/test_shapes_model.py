@@ -2,8 +2,9 @@
 the objects that naive patch breaks at the band borders.
 
 One 4-rank pool run makes, for the first ``N`` held-out captions (DDIM, ``STEPS`` steps, guidance 5, 128 px,
-caption ``i`` with seed ``i``), the single-device images and the images of each strategy below. Bounds come from
-the measurement in the comment above each test.
+caption ``i`` with seed ``i``), the single-device images and the images of each strategy below; the check of the
+single-device images alone runs ``experiments/shapes_model/evaluate.py`` on 144 captions in the test process.
+Bounds come from the measurement in the comment above each test.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from distri.data.shapes import held_out_captions
 from distri.generate import to_pil
 from distri.metrics.shapes import shape_scores
 from distri.metrics.standins import standin_lpips
+from experiments.shapes_model.evaluate import main as evaluate
 from tests.conftest import make_pool
 
-# the module's one pool run: 301 s on 2 idle cores of the slower (AMD EPYC) host, where the default 300 s
-# timeout cut it off
+# The module's one pool run is one task that reports no progress until it ends: 301 s on 2 idle cores of the
+# slower (AMD EPYC) host, over 300 s whenever another process shares them; the pool's watchdog gets 900 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+POOL_TIMEOUT_S = 900
 
 N = 12
 STEPS = 25
@@ -36,7 +39,7 @@ RUNS = {
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """``{"ref": [...], run name: [...]}``: image tensors, also saved as PNGs under ``"<name>_paths"``."""
-    pool = make_pool(4)
+    pool = make_pool(4, timeout_s=POOL_TIMEOUT_S)
     try:
         res = pool.run("tests.shapes.tasks:shapes_vs_single", captions=CAPTIONS, runs=list(RUNS.values()),
                        steps=STEPS)[0]  # fmt: skip
@@ -64,20 +67,18 @@ def _scores(images, name: str) -> dict:
     return shape_scores(images[f"{name}_paths"], CAPTIONS, images["ref_paths"])
 
 
-# Measured with the shipped weights (UNet step 4500, decoder step 1000): 0.580 of the captions' attributes
-# (backgrounds all right; objects often, sizes and relations seldom). The issue's bar is 0.8; strict, so a retrained model that reaches it
-# turns this into a failure that asks for the marker to go.
-@pytest.mark.xfail(
-    strict=True, reason="shipped shapes model undertrained: 0.580 measured (README 'The shapes model')"
-)
-def test_single_device_images_show_their_captions(images):
-    acc = shape_scores(images["ref_paths"], CAPTIONS)["shape_accuracy"]
-    print(f"single-device shape accuracy {acc:.3f}")
-    assert acc >= 0.8
+# Measured with the shipped weights (UNet step 9000): 0.867 of the attributes of the first 144 held-out captions
+# (DDIM 25 steps, guidance 5: ``experiments/shapes_model/evaluate.py --captions 144``, the README's number), 0.848
+# of the first 48, 0.753 of the first 12 (this module's pool run: too few captions to decide a bar of 0.8 on,
+# hence the 144 here). The bound is the issue's.
+def test_single_device_images_show_their_captions():
+    table = evaluate(["--captions", "144", "--threads", "2", "--json"])
+    print(f"single-device shape accuracy {table['all']['fraction']:.3f} on 144 captions")
+    assert table["all"]["fraction"] >= 0.8
 
 
-# Measured (12 captions): LPIPS (stand-in) vs the single device, displaced 0.0011 / naive 0.090; shape agreement
-# with the single device, displaced 0.914 / naive 0.667. Bounds: naive's LPIPS at least 0.04 above displaced's
+# Measured (12 captions): LPIPS (stand-in) vs the single device, displaced 0.0012 / naive 0.104; shape agreement
+# with the single device, displaced 0.988 / naive 0.679. Bounds: naive's LPIPS at least 0.04 above displaced's
 # and 5 times it; displaced's agreement at least 0.15 above naive's.
 def test_displaced_beats_naive_at_4_ranks(images):
     lp = {k: _lpips(images[k], images["ref"]) for k in ("displaced", "naive")}
@@ -88,8 +89,8 @@ def test_displaced_beats_naive_at_4_ranks(images):
 
 
 # Measured (12 captions; corrected_async_gn with 4 warm-up steps vs the other setting): max abs difference over
-# the images / LPIPS (stand-in) between the two settings: stale_gn 0.467 / 0.0021, separate_gn 0.997 / 0.0221,
-# warmup_steps=0 1.000 / 0.0134. Bounds: 0.1 and half the smallest LPIPS measured, 0.001.
+# the images / LPIPS (stand-in) between the two settings: stale_gn 0.369 / 0.0007, separate_gn 0.981 / 0.0225,
+# warmup_steps=0 0.988 / 0.0163. Bounds: 0.1 and half the smallest LPIPS measured, 0.0003 (rounded down).
 @pytest.mark.parametrize(
     "a, b", [("displaced", "stale_gn"), ("displaced", "separate_gn"), ("displaced", "no_warmup")]
 )
@@ -97,4 +98,4 @@ def test_group_norm_and_warm_up_settings_change_the_images(images, a, b):
     diff = max((x - y).abs().max().item() for x, y in zip(images[a], images[b]))
     lp = _lpips(images[a], images[b])
     print(f"{a} vs {b}: max abs diff {diff:.3f}, lpips {lp:.4f}")
-    assert diff > 0.1 and lp > 0.001
+    assert diff > 0.1 and lp > 0.0003
