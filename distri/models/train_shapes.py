@@ -243,12 +243,13 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_resume(state: dict[str, Any], args: argparse.Namespace, arch: dict[str, Any]) -> None:
     """Record this run's architecture and recipe (:data:`RECIPE`) in a new ``state``; refuse a loaded one that
-    was trained with others (one written before they were recorded counts as trained with the defaults)."""
+    was trained with others (one written before they were recorded counts as trained with the defaults of
+    then, whose loss was the plain one: ``snr_gamma`` 0)."""
     defaults = parse_args([])
     fresh = not state
     for key, now, old in (
         ("architecture", arch, architecture(defaults)),
-        ("recipe", _recipe(args), _recipe(defaults) | {"snr_gamma": 0.0}),  # older states: the plain loss
+        ("recipe", _recipe(args), _recipe(defaults) | {"snr_gamma": 0.0}),
     ):
         saved = state.setdefault(key, now if fresh else old)
         if saved != now:

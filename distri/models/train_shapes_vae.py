@@ -28,6 +28,7 @@ def scene_batch(seed: int, start: int, n: int, size: int) -> tuple[torch.Tensor,
 
 
 def phase_generator(seed: int, phase: int, step: int) -> torch.Generator:
+    """The generator of step ``step`` of phase ``phase`` (1: VAE, 2: UNet, 3: decoder), seeded from all three."""
     return torch.Generator().manual_seed(seed * 1_000_003 + phase * 100_003 + step)
 
 
