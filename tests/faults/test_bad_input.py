@@ -29,7 +29,10 @@ def compose_cfg(*overrides: str) -> dict:
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.id=/nonexistent", "model.id='/nonexistent' is not used by model=tiny_sdxl (built locally"),
+        (
+            "model=tiny_sdxl model.id=/nonexistent",
+            "model.id='/nonexistent' is not used by model=tiny_sdxl (built",
+        ),
         ("seed=-1", "seed must be >= 0"),
         ("runner.timeout_s=0", "runner.timeout_s must be > 0"),
         ("runner.port=80", "runner.port must be in 1024..65535 or null"),
@@ -37,7 +40,7 @@ def compose_cfg(*overrides: str) -> dict:
 )
 def test_config_problems(override, message):
     with pytest.raises(ConfigError) as info:
-        validate(compose_cfg(override))
+        validate(compose_cfg(*override.split()))
     assert message in str(info.value)
 
 
@@ -52,7 +55,7 @@ def test_config_problems(override, message):
 def test_captions_file_problems(tmp_path, content, message):
     path = tmp_path / "caps.json"
     path.write_text(content)
-    cfg = compose_cfg("prompts=coco", f"prompts.path={path}")
+    cfg = compose_cfg("model=tiny_sdxl", "prompts=coco", f"prompts.path={path}")
     validate(cfg)  # the file exists: only reading it tells
     with pytest.raises(ConfigError) as info:
         preflight(cfg)
@@ -71,4 +74,18 @@ def test_missing_real_model_offline_and_malformed_fault(monkeypatch, tmp_path):
 
 
 def test_a_good_config_passes_preflight():
-    preflight(compose_cfg())
+    preflight(compose_cfg())  # the embedded default: the shapes model and its captions
+    preflight(compose_cfg("model=tiny_sdxl"))
+
+
+@pytest.mark.parametrize(
+    "prompts", [["prompts=builtin"], ["prompts=builtin", "prompts.prompts=[a red circle]"]]
+)
+def test_shapes_model_refuses_captions_outside_its_grammar(prompts):
+    cfg = compose_cfg("model=shapes_sdxl", *prompts)
+    validate(cfg)  # well-formed: only parsing the captions tells
+    with pytest.raises(ConfigError) as info:
+        preflight(cfg)
+    assert "model=shapes_sdxl draws procedural shapes and needs shapes captions (prompts=shapes" in str(
+        info.value
+    )

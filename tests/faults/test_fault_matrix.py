@@ -24,7 +24,7 @@ from tests.processes import assert_group_gone, start_in_session
 ROOT = Path(__file__).resolve().parents[2]
 EARLIER = '{"status": "ok", "note": "an earlier job of this sweep"}\n'
 BASE = [
-    "world_size=2", "strategy=displaced_patch", "strategy.warmup_steps=1", "logger=none",
+    "model=tiny_sdxl", "world_size=2", "strategy=displaced_patch", "strategy.warmup_steps=1", "logger=none",
     "sampler.num_inference_steps=3", "height=64", "width=64", "prompts.limit=1",
     "runner.warmup_runs=0", "runner.timed_runs=1", "metrics.compare_to_original=false",
 ]  # fmt: skip

@@ -44,7 +44,7 @@ def compose(*overrides: str) -> dict:
 
     register_configs(ConfigStore.instance())
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["logger=none", *overrides])
+        cfg = hydra_compose("config", overrides=["model=tiny_sdxl", "logger=none", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -29,7 +29,14 @@ from distri.metrics.latency import StepTimer
 from distri.worker.job import run_job
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
-SMALL = ["height=64", "width=64", "sampler.num_inference_steps=2", "logger=none", "world_size=1"]
+SMALL = [
+    "model=tiny_sdxl",
+    "height=64",
+    "width=64",
+    "sampler.num_inference_steps=2",
+    "logger=none",
+    "world_size=1",
+]
 
 
 def config(*overrides: str) -> dict:

@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = [
+    "model=tiny_sdxl",
     "world_size=1,2",
     "strategy=displaced_patch",
     "strategy.warmup_steps=1",

@@ -21,7 +21,7 @@ STEPS = 2
 def _compose(*overrides: str) -> dict:
     register_configs(ConfigStore.instance())
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=[SEARCH, "strategy=recorder", *overrides])
+        cfg = compose("config", overrides=[SEARCH, "model=tiny_sdxl", "strategy=recorder", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -84,6 +84,8 @@ def test_real_backbones_missing_fail_before_any_worker_with_the_fetch_command(tm
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     register_configs(ConfigStore.instance())
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("config", overrides=["metrics.backbones=real"]), resolve=True)
+        cfg = OmegaConf.to_container(
+            compose("config", overrides=["model=tiny_sdxl", "metrics.backbones=real"]), resolve=True
+        )
     with pytest.raises(ConfigError, match="distri.weights fetch"):
         preflight(cfg)

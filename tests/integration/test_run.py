@@ -13,7 +13,9 @@ import pytest
 from tests.wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[2]
+TINY = "model=tiny_sdxl"  # the tests' model (the embedded default, shapes_sdxl, has its own tests)
 FAST = [
+    TINY,
     "sampler.num_inference_steps=3",
     "height=64",
     "width=64",
@@ -63,6 +65,27 @@ def test_single_device_run_writes_records_and_wandb(tmp_path):
     assert "distri:" in p.stdout and "result.json" in p.stdout
 
 
+def test_the_embedded_default_runs_the_shapes_model_on_its_captions(tmp_path):
+    """``python run.py`` with nothing but fewer steps, prompts and calls: the shapes model, its held-out captions,
+    2 ranks of displaced patch, its shape metrics against the single device, and the comparison grid."""
+    from distri.prompts import load_prompts
+
+    out = tmp_path / "job"
+    args = ["sampler.num_inference_steps=6", "prompts.limit=2", "runner.warmup_runs=0", "runner.timed_runs=1"]
+    p = run([*args, "logger=none", f"hydra.run.dir={out}"], tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rec = json.loads((out / "result.json").read_text())
+    cfg = rec["config"]
+    assert (cfg["model"]["name"], cfg["prompts"]["name"]) == ("shapes_sdxl", "shapes")
+    assert (cfg["strategy"]["name"], cfg["world_size"]) == ("displaced_patch", 2)
+    assert rec["prompts"] == load_prompts({"name": "shapes", "limit": 2})
+    assert cfg["height"] == cfg["width"] == 128
+    for k in ("shape_accuracy", "shape_agreement_vs_orig", "lpips_vs_orig", "psnr_vs_orig"):
+        assert 0 <= rec["metrics"][k] < float("inf"), k
+    assert Path(rec["comparison_grid"]).is_file()
+    assert "shape accuracy" in p.stdout and "shapes_sdxl 128x128" in p.stdout
+
+
 @pytest.mark.slow  # 27 s on 2 cores
 def test_sweep_of_patch_strategies_with_failures_kept(tmp_path):
     """A 2-rank multirun: displaced patch compared with the single device, plus a job that fails (missing
@@ -70,7 +93,7 @@ def test_sweep_of_patch_strategies_with_failures_kept(tmp_path):
     sweep = tmp_path / "sweep"
     p = run(
         ["-m", "model=tiny_sdxl,sdxl", "strategy=displaced_patch", "strategy.warmup_steps=1", "world_size=2", "logger=none",
-         f"hydra.sweep.dir={sweep}", *FAST],
+         f"hydra.sweep.dir={sweep}", *[a for a in FAST if a != TINY]],
         tmp_path,
     )  # fmt: skip
     assert p.returncode == 1, p.stdout + p.stderr

@@ -18,7 +18,7 @@ from tests.processes import assert_group_gone, start_in_session
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = [
-    "height=64", "width=64", "sampler.num_inference_steps=2", "prompts.limit=1", "logger=none",
+    "model=tiny_sdxl", "height=64", "width=64", "sampler.num_inference_steps=2", "prompts.limit=1", "logger=none",
     "runner.warmup_runs=0", "runner.timed_runs=1", "metrics.compare_to_original=false",
 ]  # fmt: skip
 GRID = ["strategy=naive_patch,tensor", "world_size=1,2,3"]  # naive_patch x3 cannot split 64 px: skipped

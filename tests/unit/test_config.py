@@ -8,10 +8,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from distri.config import ConfigError, resolve_dtype, validate
 
 GROUPS = {
-    "model": ["tiny_sdxl", "tiny_sd15", "small_sdxl", "sdxl", "sd15", "sd21"],
+    "model": ["shapes_sdxl", "tiny_sdxl", "tiny_sd15", "small_sdxl", "sdxl", "sd15", "sd21"],
     "strategy": ["none", "naive_patch", "displaced_patch", "tensor"],
     "sampler": ["ddim", "euler", "dpmpp"],
-    "prompts": ["builtin"],
+    "prompts": ["shapes", "builtin"],
     "metrics": ["default"],
     "logger": ["wandb", "none"],
 }
@@ -20,10 +20,39 @@ GROUPS = {
 def test_default_is_the_main_job(cfg_of):
     d = cfg_of()
     validate(d)
-    assert (d["model"]["name"], d["strategy"]["name"], d["world_size"]) == ("tiny_sdxl", "displaced_patch", 2)
+    assert (d["model"]["name"], d["strategy"]["name"], d["world_size"]) == (
+        "shapes_sdxl",
+        "displaced_patch",
+        2,
+    )
+    assert (
+        d["model"]["domain"] == "shapes" and d["prompts"]["name"] == "shapes" and d["prompts"]["limit"] == 8
+    )
     assert d["strategy"]["mode"] == "corrected_async_gn" and d["strategy"]["warmup_steps"] == 4
     assert d["device"] == "auto" and d["dtype"] == "auto" and d["logger"]["mode"] == "offline"
-    assert d["height"] == d["width"] == 256
+    assert d["height"] == d["width"] == 128
+
+
+@pytest.mark.parametrize(
+    "overrides, model, prompts",
+    [
+        ([], "shapes_sdxl", "shapes"),  # the shapes model brings its captions (its config overrides /prompts)
+        (["model=sdxl"], "sdxl", "builtin"),  # any other model: the default prompt list
+        (["model=tiny_sdxl"], "tiny_sdxl", "builtin"),
+        (["model=sdxl", "prompts=shapes"], "sdxl", "shapes"),  # the command line wins over the model's choice
+        (["prompts=builtin"], "shapes_sdxl", "builtin"),  # (which preflight refuses, tests/faults)
+        (["+experiment=tiny_distrifusion_table1"], "tiny_sdxl", "builtin"),
+        (["+experiment=distrifusion_table1"], "sdxl", "coco"),
+        (
+            ["+experiment=distrifusion_table1", "model=shapes_sdxl"],
+            "shapes_sdxl",
+            "coco",
+        ),  # the experiment wins
+    ],
+)
+def test_the_prompt_set_follows_the_model(cfg_of, overrides, model, prompts):
+    d = cfg_of(*overrides)
+    assert (d["model"]["name"], d["prompts"]["name"]) == (model, prompts)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
@@ -57,7 +86,7 @@ def test_unknown_group_option_lists_valid_ones(cfg_of):
         cfg_of("strategy=pipefusion")
 
 
-BAD = [
+BAD = [  # on tiny_sdxl (256 px); the list's overrides come after it
     (["world_size=3"], "world sizes that work at 256 px: [1, 2, 4, 8]"),
     (["height=100"], "multiple of the VAE factor 8"),
     (["height=264"], "use a multiple of 32"),
@@ -87,14 +116,17 @@ BAD = [
         "strategy naive_patch has no parameter mode; its parameters: cfg_split, split_scheme",
     ),
     # tensor parallelism's limits are checked before any worker starts (tiny_sdxl: at most 8 ranks)
-    (["strategy=tensor", "world_size=16"], "tensor degrees (par_size) that work: [1, 2, 3, 4, 5, 6, 7, 8]"),
+    (
+        ["strategy=tensor", "world_size=16"],
+        "tensor degrees (par_size) that work: [1, 2, 3, 4, 5, 6, 7, 8]",
+    ),
 ]
 
 
 @pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_input_message(cfg_of, overrides, message):
     with pytest.raises(ConfigError) as ei:
-        validate(cfg_of(*overrides))
+        validate(cfg_of("model=tiny_sdxl", *overrides))
     assert message in str(ei.value)
 
 

@@ -59,7 +59,7 @@ def test_a_job_with_an_ok_record_is_done_unless_forced(cfg_of, tmp_path):
             ["strategy=naive_patch", "world_size=3", "height=64", "width=64"],
             "3 patches do not divide the latent",
         ),
-        (["strategy=tensor", "world_size=9"], "attention heads = 8"),  # the tiny UNet has 8 heads
+        (["model=tiny_sdxl", "strategy=tensor", "world_size=9"], "attention heads = 8"),  # tiny UNet: 8 heads
         (["strategy=displaced_patch", "strategy.cfg_split=true", "world_size=3"], "cfg_split needs an even"),
         (["strategy=none", "world_size=2"], "strategy=none runs the whole UNet on one rank"),
     ],
