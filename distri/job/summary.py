@@ -144,9 +144,10 @@ def sweep_table(records: list[dict[str, Any]]) -> str:
 
     A row per job: the job's folder name, every configuration key (flattened, ``strategy.mode``) whose value
     varies across the records (a key that splits the rows exactly as an earlier one, like
-    ``strategy.split_scheme`` beside ``strategy.name`` in a sweep over strategies, is left out), status, headline latency, speedup, PSNR,
-    LPIPS and FID against the single-device original, bytes per step. Below it the full reason of each job
-    that is not ``ok`` (failed, skipped, interrupted).
+    ``strategy.split_scheme`` beside ``strategy.name`` in a sweep over strategies, is left out), status,
+    headline latency, speedup, PSNR, LPIPS and FID against the single-device original, where a record has them
+    (shapes models) the shape accuracy of the parallel images and their agreement with the original's, bytes per
+    step. Below it the full reason of each job that is not ``ok`` (failed, skipped, interrupted).
     """
     import pandas as pd
 
@@ -162,9 +163,12 @@ def sweep_table(records: list[dict[str, Any]]) -> str:
     table["status"] = [r.get("status") for r in records]
     table["latency (s)"] = [_headline(r.get("latency") or {}) for r in records]
     table["speedup"] = [_num(r.get("speedup"), ".2f", 0) for r in records]
+    metrics = [r.get("metrics") or {} for r in records]
     for head, key, fmt in (("PSNR", "psnr_vs_orig", ".2f"), ("LPIPS", "lpips_vs_orig", ".4f"),
-                           ("FID", "fid_vs_orig", ".3g")):  # fmt: skip
-        table[head] = [_num((r.get("metrics") or {}).get(key), fmt, 0) for r in records]
+                           ("FID", "fid_vs_orig", ".3g"), ("shape acc.", "shape_accuracy", ".3f"),
+                           ("shape agr.", "shape_agreement_vs_orig", ".3f")):  # fmt: skip
+        if head in ("PSNR", "LPIPS", "FID") or any(key in m for m in metrics):  # shapes models only
+            table[head] = [_num(m.get(key), fmt, 0) for m in metrics]
     table["bytes/step"] = [format_bytes((r.get("comm") or {}).get("bytes_per_step")) for r in records]
     lines = [table.to_string(index=False, na_rep="-")]
     lines += [f"{name}: {r.get('status')}: {r.get('error')}"

@@ -145,6 +145,19 @@ def test_sweep_table_shows_every_key_that_varies_and_each_reason():
     ]
 
 
+def test_sweep_table_shows_the_shape_metrics_where_a_record_has_them():
+    plain = sweep_table([_job(0, False, "ddim", metrics={"psnr_vs_orig": 30.0})]).splitlines()[0]
+    assert "shape" not in plain  # no shapes model in the sweep: no empty columns
+    shapes = {"shape_accuracy": 0.8333, "shape_agreement_vs_orig": 0.9375}
+    records = [
+        _job(0, False, "ddim", metrics=shapes, comm={"bytes_per_step": 2500.0}),
+        _job(1, True, "ddim", "skipped", error="Infeasible"),
+    ]
+    lines = sweep_table(records).splitlines()
+    assert lines[0].endswith("FID shape acc. shape agr. bytes/step")
+    assert lines[1].split()[-4:] == ["0.833", "0.938", "2.5", "kB"] and lines[2].split()[-3:] == ["-"] * 3
+
+
 def test_sweep_table_leaves_out_keys_that_split_rows_like_an_earlier_one():
     records = [_job(0, False, "ddim"), _job(1, True, "euler")]  # cfg_split and sampler always go together
     head = sweep_table(records).splitlines()[0].split()
