@@ -139,6 +139,14 @@ def _quality_lines(rec: dict[str, Any]) -> list[str]:
     return lines
 
 
+_QUALITY_COLUMNS = (
+    ("PSNR", "psnr_vs_orig", ".2f"),
+    ("LPIPS", "lpips_vs_orig", ".4f"),
+    ("FID", "fid_vs_orig", ".3g"),
+)
+_SHAPE_COLUMNS = (("shape acc.", "shape_accuracy", ".3f"), ("shape agr.", "shape_agreement_vs_orig", ".3f"))
+
+
 def sweep_table(records: list[dict[str, Any]]) -> str:
     """The table printed at the end of a multirun, from the sweep's records (the last one of each job).
 
@@ -164,11 +172,9 @@ def sweep_table(records: list[dict[str, Any]]) -> str:
     table["latency (s)"] = [_headline(r.get("latency") or {}) for r in records]
     table["speedup"] = [_num(r.get("speedup"), ".2f", 0) for r in records]
     metrics = [r.get("metrics") or {} for r in records]
-    for head, key, fmt in (("PSNR", "psnr_vs_orig", ".2f"), ("LPIPS", "lpips_vs_orig", ".4f"),
-                           ("FID", "fid_vs_orig", ".3g"), ("shape acc.", "shape_accuracy", ".3f"),
-                           ("shape agr.", "shape_agreement_vs_orig", ".3f")):  # fmt: skip
-        if head in ("PSNR", "LPIPS", "FID") or any(key in m for m in metrics):  # shapes models only
-            table[head] = [_num(m.get(key), fmt, 0) for m in metrics]
+    shapes = [c for c in _SHAPE_COLUMNS if any(c[1] in m for m in metrics)]  # only where a record has them
+    for head, key, fmt in (*_QUALITY_COLUMNS, *shapes):
+        table[head] = [_num(m.get(key), fmt, 0) for m in metrics]
     table["bytes/step"] = [format_bytes((r.get("comm") or {}).get("bytes_per_step")) for r in records]
     lines = [table.to_string(index=False, na_rep="-")]
     lines += [f"{name}: {r.get('status')}: {r.get('error')}"
